@@ -1,0 +1,1 @@
+//! sipis load generators and benchmark helpers.

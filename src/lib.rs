@@ -1,0 +1,2 @@
+//! sipis: SIP Instance Server.
+pub use sipis_parser as parser;
