@@ -18,7 +18,7 @@ macro_rules! header_names {
 
         impl HeaderName {
             /// The canonical (long) name, as sipis writes it.
-            pub fn as_str(self) -> &'static str {
+            pub const fn as_str(self) -> &'static str {
                 match self {
                     $( HeaderName::$variant => $name, )*
                     HeaderName::Other => "",
@@ -34,6 +34,7 @@ macro_rules! header_names {
             }
 
             /// Looks a header name up, long or compact, any case.
+            #[inline]
             pub fn from_bytes(name: &[u8]) -> HeaderName {
                 if name.len() == 1 {
                     return match name[0].to_ascii_lowercase() {
@@ -41,16 +42,20 @@ macro_rules! header_names {
                         _ => HeaderName::Other,
                     };
                 }
-                // Bucket by length first: most lookups then compare one or
-                // two candidates.
-                $(
-                    if name.len() == $name.len() && eq_ic(name, $name.as_bytes()) {
-                        return HeaderName::$variant;
+                // One probe in a table built at compile time, then one
+                // case-insensitive compare.
+                let mut i = slot(name);
+                loop {
+                    match LOOKUP[i] {
+                        None => return HeaderName::Other,
+                        Some(h) if eq_ic(name, h.as_str().as_bytes()) => return h,
+                        Some(_) => i = (i + 1) & (LOOKUP.len() - 1),
                     }
-                )*
-                HeaderName::Other
+                }
             }
         }
+
+        const ALL: &[HeaderName] = &[ $( HeaderName::$variant, )* ];
     };
 }
 
@@ -120,6 +125,30 @@ header_names! {
     WwwAuthenticate = "WWW-Authenticate";
 }
 
+/// Hash of a name by length, first and last byte, case-folded.
+#[inline]
+const fn slot(name: &[u8]) -> usize {
+    let first = (name[0] | 0x20) as usize;
+    let last = (name[name.len() - 1] | 0x20) as usize;
+    (name.len() * 31 + first * 7 + last * 13) & 255
+}
+
+/// Open-addressed table of the long names (load < 25 %).
+static LOOKUP: [Option<HeaderName>; 256] = {
+    let mut t: [Option<HeaderName>; 256] = [None; 256];
+    let mut k = 0;
+    while k < ALL.len() {
+        let h = ALL[k];
+        let mut i = slot(h.as_str().as_bytes());
+        while t[i].is_some() {
+            i = (i + 1) & 255;
+        }
+        t[i] = Some(h);
+        k += 1;
+    }
+    t
+};
+
 impl HeaderName {
     pub(crate) fn missing_reason(self) -> &'static str {
         match self {
@@ -137,6 +166,21 @@ impl HeaderName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_long_name_is_found_in_any_case() {
+        for &h in ALL {
+            assert_eq!(HeaderName::from_bytes(h.as_str().as_bytes()), h);
+            assert_eq!(
+                HeaderName::from_bytes(h.as_str().to_uppercase().as_bytes()),
+                h
+            );
+            assert_eq!(
+                HeaderName::from_bytes(h.as_str().to_lowercase().as_bytes()),
+                h
+            );
+        }
+    }
 
     #[test]
     fn long_and_compact_forms_in_any_case() {

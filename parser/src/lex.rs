@@ -15,7 +15,7 @@ pub(crate) fn is_token(b: u8) -> bool {
     TOKEN[b as usize]
 }
 
-static TOKEN: [bool; 256] = {
+pub(crate) static TOKEN: [bool; 256] = {
     let mut t = [false; 256];
     let mut i = 0;
     while i < 256 {
@@ -165,6 +165,17 @@ impl<'a> Iterator for CommaSplit<'a> {
                 return None;
             }
             let start = self.pos;
+            // Most values have no comma at all: one element, no scan for
+            // quotes (the element's own parser checks those).
+            if memchr::memchr(b',', &s[start..]).is_none() {
+                self.pos = s.len();
+                let item = trim(&s[start..]);
+                return if item.is_empty() {
+                    None
+                } else {
+                    Some(Ok(item))
+                };
+            }
             let mut i = start;
             let mut in_angle = false;
             while i < s.len() {

@@ -52,6 +52,8 @@ pub struct Message<'h, 'a> {
     /// The whole message as parsed (start line to end of body). Bytes of a
     /// datagram past the declared Content-Length are not part of it.
     pub raw: &'a [u8],
+    /// Content-Length as read while parsing (all lines agreed).
+    content_length: Option<u32>,
 }
 
 /// Parses one SIP message from a datagram (UDP, or a frame that
@@ -131,7 +133,8 @@ pub fn parse<'h, 'a>(buf: &'a [u8], headers: &'h mut [Header<'a>]) -> Result<Mes
     let headers = &headers[..n];
 
     let rest = &buf[pos..];
-    let body = match content_length(headers)? {
+    let content_length = content_length(headers)?;
+    let body = match content_length {
         None => rest,
         Some(len) => rest.get(..len as usize).ok_or(Error::BodyTooShort)?,
     };
@@ -141,6 +144,7 @@ pub fn parse<'h, 'a>(buf: &'a [u8], headers: &'h mut [Header<'a>]) -> Result<Mes
         headers,
         body,
         raw: &buf[begin..end],
+        content_length,
     })
 }
 
@@ -401,9 +405,9 @@ impl<'h, 'a> Message<'h, 'a> {
             .transpose()
     }
 
-    /// The Content-Length header (all lines agreeing).
-    pub fn content_length(&self) -> Result<Option<u32>> {
-        content_length(self.headers)
+    /// The Content-Length header (checked at parse time: all lines agree).
+    pub fn content_length(&self) -> Option<u32> {
+        self.content_length
     }
 
     /// The Content-Type value, raw (`application/sdp`).
@@ -469,7 +473,7 @@ impl<'h, 'a> Message<'h, 'a> {
     /// from it (RFC 3261 §8.1.1, §8.2): one each of To, From, Call-ID and
     /// CSeq, at least one Via, all parsable, and the CSeq method equal to
     /// the request method. Max-Forwards is checked only for its range: its
-    /// absence is tolerated (RFC 4475 §3.1.2.? and many UAs omit it).
+    /// absence is tolerated (many UAs omit it).
     /// Responses need the same headers except Max-Forwards.
     pub fn validate(&self) -> Result<()> {
         for name in [
@@ -493,7 +497,6 @@ impl<'h, 'a> Message<'h, 'a> {
         }
         self.top_via()?;
         self.max_forwards()?;
-        self.content_length()?;
         if let Some(m) = self.method() {
             if cseq.method != m {
                 return Err(Error::CSeqMethod);

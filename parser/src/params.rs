@@ -112,8 +112,19 @@ pub struct ParamIter<'a> {
 /// IPv6 reference characters of `received=` and `maddr=`.
 #[inline]
 fn is_pchar(b: u8) -> bool {
-    lex::is_token(b) || matches!(b, b'[' | b']' | b'/' | b':' | b'&' | b'$' | b'@' | b'?')
+    PCHAR[b as usize]
 }
+
+static PCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = lex::TOKEN[i] || matches!(c, b'[' | b']' | b'/' | b':' | b'&' | b'$' | b'@' | b'?');
+        i += 1;
+    }
+    t
+};
 
 impl<'a> Iterator for ParamIter<'a> {
     type Item = Result<Param<'a>>;
@@ -188,7 +199,7 @@ mod tests {
         let all: Vec<_> = p.iter().collect::<Result<_>>().unwrap();
         assert_eq!(all.len(), 4);
         assert_eq!(p.value("TAG"), Some(&b"1928"[..]));
-        assert_eq!(p.get("q").unwrap().quoted, true);
+        assert!(p.get("q").unwrap().quoted);
         assert!(p.has("lr") && p.value("lr").is_none());
         assert_eq!(
             p.value("+sip.instance"),

@@ -2,7 +2,6 @@
 
 use crate::lex::{self, eq_ic};
 use crate::{Error, Params, Result};
-use memchr::memchr;
 use std::borrow::Cow;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -28,6 +27,36 @@ impl Scheme<'_> {
     }
 }
 
+/// Bytes that never appear unescaped in a URI: controls, space, `<>"`, DEL.
+static URI_BAD: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c <= b' ' || c == b'<' || c == b'>' || c == b'"' || c == 0x7f;
+        i += 1;
+    }
+    t
+};
+
+/// Host name bytes: 0 = not allowed, 1 = letter, `-` or `_`, 2 = digit or `.`.
+static HOST: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = if c.is_ascii_digit() || c == b'.' {
+            2
+        } else if c.is_ascii_alphabetic() || c == b'-' || c == b'_' {
+            1
+        } else {
+            0
+        };
+        i += 1;
+    }
+    t
+};
+
 /// The host part of a SIP URI or Via sent-by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Host<'a> {
@@ -50,19 +79,23 @@ impl<'a> Host<'a> {
             let inner = std::str::from_utf8(&s[1..s.len() - 1]).map_err(|_| Error::Uri)?;
             return inner.parse().map(Host::V6).map_err(|_| Error::Uri);
         }
-        if s.is_empty()
-            || !s
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-        {
+        let mut all_digits_dots = true;
+        for &b in s {
+            match HOST[b as usize] {
+                0 => return Err(Error::Uri),
+                1 => all_digits_dots = false,
+                _ => {}
+            }
+        }
+        if s.is_empty() {
             return Err(Error::Uri);
+        }
+        if all_digits_dots {
+            // Looks like an IPv4 address; must be one.
+            return parse_ipv4(s).map(Host::V4).ok_or(Error::Uri);
         }
         // Checked ASCII above.
         let text = std::str::from_utf8(s).map_err(|_| Error::Uri)?;
-        if s.iter().all(|&b| b.is_ascii_digit() || b == b'.') {
-            // Looks like an IPv4 address; must be one.
-            return text.parse().map(Host::V4).map_err(|_| Error::Uri);
-        }
         Ok(Host::Domain(text))
     }
 }
@@ -112,7 +145,7 @@ impl<'a> Uri<'a> {
     /// assert_eq!(u.param("PN-PRID"), Some(&b"abc"[..]));
     /// ```
     pub fn parse(raw: &'a [u8]) -> Result<Uri<'a>> {
-        let colon = memchr(b':', raw).ok_or(Error::Uri)?;
+        let colon = find(raw, b':').ok_or(Error::Uri)?;
         let scheme_s = &raw[..colon];
         if scheme_s.is_empty()
             || !scheme_s[0].is_ascii_alphabetic()
@@ -123,11 +156,7 @@ impl<'a> Uri<'a> {
             return Err(Error::Uri);
         }
         let rest = &raw[colon + 1..];
-        if rest.is_empty()
-            || rest
-                .iter()
-                .any(|&b| b <= b' ' || matches!(b, b'<' | b'>' | b'"' | 0x7f))
-        {
+        if rest.is_empty() || rest.iter().any(|&b| URI_BAD[b as usize]) {
             return Err(Error::Uri);
         }
         let scheme = if eq_ic(scheme_s, b"sip") {
@@ -143,7 +172,7 @@ impl<'a> Uri<'a> {
         match scheme {
             Scheme::Sip | Scheme::Sips => Self::parse_sip(raw, scheme, rest),
             Scheme::Tel => {
-                let semi = memchr(b';', rest).unwrap_or(rest.len());
+                let semi = find(rest, b';').unwrap_or(rest.len());
                 let number = &rest[..semi];
                 if number.is_empty() {
                     return Err(Error::Uri);
@@ -177,15 +206,15 @@ impl<'a> Uri<'a> {
     fn parse_sip(raw: &'a [u8], scheme: Scheme<'a>, rest: &'a [u8]) -> Result<Uri<'a>> {
         // userinfo ends at the first '@' (an '@' in the user must be escaped,
         // RFC 3261 §19.1.2), unless that '@' is inside the headers part.
-        let qmark = memchr(b'?', rest);
-        let (userinfo, hostpart) = match memchr(b'@', rest) {
+        let qmark = find(rest, b'?');
+        let (userinfo, hostpart) = match find(rest, b'@') {
             Some(at) if qmark.is_none_or(|q| at < q) => (Some(&rest[..at]), &rest[at + 1..]),
             _ => (None, rest),
         };
         let (user, password) = match userinfo {
             None => (None, None),
             Some(ui) => {
-                let (u, p) = match memchr(b':', ui) {
+                let (u, p) = match find(ui, b':') {
                     Some(c) => (&ui[..c], Some(&ui[c + 1..])),
                     None => (ui, None),
                 };
@@ -205,7 +234,7 @@ impl<'a> Uri<'a> {
         let (host_raw, port) = split_host_port(hostport)?;
         let host = Host::parse(host_raw)?;
         let tail = &hostpart[hp_end..];
-        let (params, headers) = match memchr(b'?', tail) {
+        let (params, headers) = match find(tail, b'?') {
             Some(q) => (&tail[..q], &tail[q + 1..]),
             None => (tail, &tail[tail.len()..]),
         };
@@ -243,17 +272,42 @@ impl<'a> Uri<'a> {
         self.headers
             .split(|&b| b == b'&')
             .filter(|h| !h.is_empty())
-            .map(|h| match memchr(b'=', h) {
+            .map(|h| match find(h, b'=') {
                 Some(e) => (&h[..e], &h[e + 1..]),
                 None => (h, &h[h.len()..]),
             })
     }
 }
 
+/// A byte search for the short pieces of a URI, where `memchr`'s set-up
+/// costs more than a plain loop.
+#[inline]
+fn find(s: &[u8], b: u8) -> Option<usize> {
+    s.iter().position(|&c| c == b)
+}
+
+/// Dotted-quad IPv4 without leading-zero ambiguity checks beyond range.
+fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = s.split(|&b| b == b'.');
+    for o in &mut octets {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 {
+            return None;
+        }
+        let n = p.iter().fold(0u16, |n, &d| n * 10 + u16::from(d - b'0'));
+        *o = u8::try_from(n).ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Ipv4Addr::from(octets))
+}
+
 /// Splits `host[:port]`, where host may be an IPv6 reference.
 pub(crate) fn split_host_port(hp: &[u8]) -> Result<(&[u8], Option<u16>)> {
     let (host, port) = if hp.first() == Some(&b'[') {
-        let close = memchr(b']', hp).ok_or(Error::Uri)?;
+        let close = find(hp, b']').ok_or(Error::Uri)?;
         let after = &hp[close + 1..];
         match after.split_first() {
             None => (&hp[..=close], None),
@@ -261,7 +315,7 @@ pub(crate) fn split_host_port(hp: &[u8]) -> Result<(&[u8], Option<u16>)> {
             Some(_) => return Err(Error::Uri),
         }
     } else {
-        match memchr(b':', hp) {
+        match find(hp, b':') {
             Some(c) => (&hp[..c], Some(&hp[c + 1..])),
             None => (hp, None),
         }
@@ -275,7 +329,7 @@ pub(crate) fn split_host_port(hp: &[u8]) -> Result<(&[u8], Option<u16>)> {
 
 fn check_escapes(s: &[u8]) -> Result<()> {
     let mut i = 0;
-    while let Some(p) = memchr(b'%', &s[i..]) {
+    while let Some(p) = find(&s[i..], b'%') {
         let at = i + p;
         let hex = s.get(at + 1..at + 3).ok_or(Error::Uri)?;
         if !hex.iter().all(u8::is_ascii_hexdigit) {

@@ -28,7 +28,7 @@ use std::net::{IpAddr, SocketAddr};
 ///
 /// let mut h = [EMPTY_HEADER; 8];
 /// let msg = parse(&out, &mut h).unwrap();
-/// assert_eq!(msg.content_length().unwrap(), Some(0));
+/// assert_eq!(msg.content_length(), Some(0));
 /// assert_eq!(msg.top_via().unwrap().rport(), Some(None));
 /// ```
 pub struct Writer<'b> {
