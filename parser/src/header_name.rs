@@ -36,6 +36,9 @@ macro_rules! header_names {
             /// Looks a header name up, long or compact, any case.
             #[inline]
             pub fn from_bytes(name: &[u8]) -> HeaderName {
+                if name.is_empty() {
+                    return HeaderName::Other;
+                }
                 if name.len() == 1 {
                     return match name[0].to_ascii_lowercase() {
                         $( $( $compact => HeaderName::$variant, )? )*
@@ -192,6 +195,7 @@ mod tests {
         assert_eq!(HeaderName::from_bytes(b"m"), HeaderName::Contact);
         assert_eq!(HeaderName::from_bytes(b"X-Foo"), HeaderName::Other);
         assert_eq!(HeaderName::from_bytes(b"q"), HeaderName::Other);
+        assert_eq!(HeaderName::from_bytes(b""), HeaderName::Other);
         for c in b"abcdefijklmnorstuvxy" {
             assert_ne!(
                 HeaderName::from_bytes(&[*c]),

@@ -1,10 +1,10 @@
 //! Lexical building blocks of RFC 3261 §25.1 shared by the header parsers.
 //!
 //! Everything works on byte slices of the original buffer. Inside a header
-//! value a CR or LF can only be part of a fold (the framer checked that every
-//! line break inside a header is followed by SP/HT, RFC 3261 §7.3.1), so LWS
-//! here means SP, HT, CR and LF alike: a folded value reads as if unfolded,
-//! without copying it.
+//! value a line break can only be part of a fold: [`crate::parse`] ends a
+//! header at a line break unless the next line starts with SP/HT (RFC 3261
+//! §7.3.1), so LWS here means SP, HT, CR and LF alike: a folded value reads
+//! as if unfolded, without copying it.
 
 use crate::{Error, Result};
 use std::borrow::Cow;

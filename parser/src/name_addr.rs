@@ -43,7 +43,15 @@ impl<'a> NameAddr<'a> {
                 return Err(Error::HeaderValue);
             }
         }
-        if let Some(lt) = memchr(b'<', &s[i..]).map(|p| p + i) {
+        // Without a quoted display name, a '"' can only open a quoted
+        // header-param value (URIs and tokens hold none), whose '<' and '>'
+        // (`+sip.instance="<urn:...>"`) are not brackets: look before it.
+        let unquoted = if display_quoted {
+            s.len()
+        } else {
+            memchr(b'"', s).unwrap_or(s.len())
+        };
+        if let Some(lt) = memchr(b'<', &s[i..unquoted]).map(|p| p + i) {
             if !display_quoted {
                 // Unquoted display name: tokens separated by LWS only.
                 let d = lex::trim(&s[..lt]);
@@ -69,14 +77,19 @@ impl<'a> NameAddr<'a> {
             return Err(Error::UnbalancedAngles);
         }
         // addr-spec: the URI ends at the first ';' — any params after it
-        // are header parameters (RFC 3261 §20).
-        if s.contains(&b'>') {
+        // are header parameters (RFC 3261 §20). A URI holding ',', ';' or
+        // '?' MUST be in angle brackets (§20), so a '?' here is an error,
+        // not URI headers (RFC 4475 §3.1.2.13).
+        if s[..unquoted].contains(&b'>') {
             return Err(Error::UnbalancedAngles);
         }
         let end = s
             .iter()
             .position(|&b| b == b';' || lex::is_lws(b))
             .unwrap_or(s.len());
+        if s[..end].contains(&b'?') {
+            return Err(Error::HeaderValue);
+        }
         let uri = Uri::parse(&s[..end])?;
         let params = Params::new(&s[end..]);
         check_params(params)?;

@@ -108,8 +108,9 @@ pub struct ParamIter<'a> {
 }
 
 /// Characters allowed in a parameter name or unquoted value besides token
-/// characters: `paramchar` of RFC 3261 §19.1.1 (`[ ] / : & + $`) and the
-/// IPv6 reference characters of `received=` and `maddr=`.
+/// characters: `paramchar` of RFC 3261 §19.1.1 (`[ ] / : & + $` and the
+/// `mark` characters `( )` of `unreserved`) and the IPv6 reference
+/// characters of `received=` and `maddr=`.
 #[inline]
 fn is_pchar(b: u8) -> bool {
     PCHAR[b as usize]
@@ -120,7 +121,11 @@ static PCHAR: [bool; 256] = {
     let mut i = 0;
     while i < 256 {
         let c = i as u8;
-        t[i] = lex::TOKEN[i] || matches!(c, b'[' | b']' | b'/' | b':' | b'&' | b'$' | b'@' | b'?');
+        t[i] = lex::TOKEN[i]
+            || matches!(
+                c,
+                b'[' | b']' | b'/' | b':' | b'&' | b'$' | b'@' | b'?' | b'(' | b')'
+            );
         i += 1;
     }
     t

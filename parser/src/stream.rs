@@ -4,7 +4,7 @@
 use crate::header_name::HeaderName;
 use crate::lex;
 use crate::{Error, Result};
-use memchr::{memchr, memmem};
+use memchr::memchr;
 
 /// Size limits for stream framing (and, by the server, for datagrams).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,8 +72,8 @@ pub fn frame(buf: &[u8], limits: &Limits) -> Result<Frame> {
     if buf.is_empty() || buf == b"\r" {
         return Ok(Frame::Partial);
     }
-    let head_end = match memmem::find(buf, b"\r\n\r\n") {
-        Some(p) => p + 4,
+    let (head_end, len) = match scan_head(buf)? {
+        Some(h) => h,
         None => {
             return if buf.len() > limits.max_head {
                 Err(Error::TooLarge)
@@ -85,7 +85,7 @@ pub fn frame(buf: &[u8], limits: &Limits) -> Result<Frame> {
     if head_end > limits.max_head {
         return Err(Error::TooLarge);
     }
-    let len = head_content_length(&buf[..head_end])?.ok_or(Error::MissingContentLength)?;
+    let len = len.ok_or(Error::MissingContentLength)?;
     let total = head_end
         .checked_add(len as usize)
         .filter(|&t| t <= limits.max_message)
@@ -96,28 +96,45 @@ pub fn frame(buf: &[u8], limits: &Limits) -> Result<Frame> {
     Ok(Frame::Message(total))
 }
 
-/// Scans the header lines of a head for Content-Length (long or compact).
-fn head_content_length(head: &[u8]) -> Result<Option<u32>> {
+/// Reads header lines exactly as [`crate::parse`] does (a line ends at LF,
+/// a preceding CR is dropped, a line starting with SP/HT continues the
+/// previous header) until the empty line. Returns where the body starts and
+/// the Content-Length, or `None` if the empty line is not in `buf` yet.
+fn scan_head(buf: &[u8]) -> Result<Option<(usize, Option<u32>)>> {
     let mut found: Option<u32> = None;
     // Skip the start line.
-    let mut pos = memchr(b'\n', head).map_or(head.len(), |p| p + 1);
-    while pos < head.len() {
-        let end = memchr(b'\n', &head[pos..]).map_or(head.len(), |p| pos + p);
-        let line = &head[pos..end];
-        pos = end + 1;
-        if let Some(colon) = memchr(b':', line) {
-            let name = lex::trim(&line[..colon]);
-            if HeaderName::from_bytes(name) == HeaderName::ContentLength {
-                let v = lex::parse_u32(lex::trim(&line[colon + 1..]), u32::MAX)
-                    .map_err(|_| Error::ContentLength)?;
-                if found.is_some_and(|f| f != v) {
-                    return Err(Error::DuplicateHeader(HeaderName::ContentLength));
-                }
-                found = Some(v);
+    let Some(first) = memchr(b'\n', buf) else {
+        return Ok(None);
+    };
+    let mut pos = first + 1;
+    loop {
+        let Some(lf) = memchr(b'\n', &buf[pos..]) else {
+            return Ok(None);
+        };
+        let mut line = &buf[pos..pos + lf];
+        if line.last() == Some(&b'\r') {
+            line = &line[..line.len() - 1];
+        }
+        pos += lf + 1;
+        if line.is_empty() {
+            return Ok(Some((pos, found)));
+        }
+        if matches!(line[0], b' ' | b'\t') {
+            continue;
+        }
+        let Some(colon) = memchr(b':', line) else {
+            continue;
+        };
+        let name = lex::trim(&line[..colon]);
+        if !name.is_empty() && HeaderName::from_bytes(name) == HeaderName::ContentLength {
+            let v = lex::parse_u32(lex::trim(&line[colon + 1..]), u32::MAX)
+                .map_err(|_| Error::ContentLength)?;
+            if found.is_some_and(|f| f != v) {
+                return Err(Error::DuplicateHeader(HeaderName::ContentLength));
             }
+            found = Some(v);
         }
     }
-    Ok(found)
 }
 
 #[cfg(test)]
@@ -167,6 +184,17 @@ mod tests {
             assert_eq!(frame(&m[..i], &L), Ok(Frame::Partial), "prefix {i}");
         }
         assert_eq!(frame(m, &L), Ok(Frame::Message(m.len())));
+    }
+
+    #[test]
+    fn bare_lf_and_folded_lines_frame_as_parse_reads_them() {
+        let m = b"BYE sip:a@b SIP/2.0\nl: 3\n\nabcNEXT";
+        assert_eq!(frame(m, &L), Ok(Frame::Message(m.len() - 4)));
+        // A folded line is a continuation, not a second Content-Length.
+        let f = b"BYE sip:a@b SIP/2.0\r\nSubject: x\r\n l: 5\r\nl: 1\r\n\r\nZ";
+        assert_eq!(frame(f, &L), Ok(Frame::Message(f.len())));
+        // An empty header name is skipped, not a panic.
+        assert_eq!(frame(b"\n:\r\n\r\n", &L), Err(Error::MissingContentLength));
     }
 
     #[test]

@@ -204,12 +204,13 @@ impl<'a> Uri<'a> {
     }
 
     fn parse_sip(raw: &'a [u8], scheme: Scheme<'a>, rest: &'a [u8]) -> Result<Uri<'a>> {
-        // userinfo ends at the first '@' (an '@' in the user must be escaped,
-        // RFC 3261 §19.1.2), unless that '@' is inside the headers part.
-        let qmark = find(rest, b'?');
+        // userinfo ends at the first '@': '@' has no unescaped place in
+        // hostport, uri-parameters or headers (RFC 3261 §25.1), while the
+        // user may hold ';', '?' and '/' (`user-unreserved`, RFC 4475
+        // §3.1.1.2), so params and headers are only split off after it.
         let (userinfo, hostpart) = match find(rest, b'@') {
-            Some(at) if qmark.is_none_or(|q| at < q) => (Some(&rest[..at]), &rest[at + 1..]),
-            _ => (None, rest),
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+            None => (None, rest),
         };
         let (user, password) = match userinfo {
             None => (None, None),
