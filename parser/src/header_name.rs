@@ -51,7 +51,7 @@ macro_rules! header_names {
                 loop {
                     match LOOKUP[i] {
                         None => return HeaderName::Other,
-                        Some(h) if eq_ic(name, h.as_str().as_bytes()) => return h,
+                        Some((text, h)) if eq_ic(name, text.as_bytes()) => return h,
                         Some(_) => i = (i + 1) & (LOOKUP.len() - 1),
                     }
                 }
@@ -137,8 +137,8 @@ const fn slot(name: &[u8]) -> usize {
 }
 
 /// Open-addressed table of the long names (load < 25 %).
-static LOOKUP: [Option<HeaderName>; 256] = {
-    let mut t: [Option<HeaderName>; 256] = [None; 256];
+static LOOKUP: [Option<(&str, HeaderName)>; 256] = {
+    let mut t: [Option<(&str, HeaderName)>; 256] = [None; 256];
     let mut k = 0;
     while k < ALL.len() {
         let h = ALL[k];
@@ -146,7 +146,7 @@ static LOOKUP: [Option<HeaderName>; 256] = {
         while t[i].is_some() {
             i = (i + 1) & 255;
         }
-        t[i] = Some(h);
+        t[i] = Some((h.as_str(), h));
         k += 1;
     }
     t

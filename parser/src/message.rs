@@ -109,16 +109,17 @@ pub fn parse<'h, 'a>(buf: &'a [u8], headers: &'h mut [Header<'a>]) -> Result<Mes
         if let Some(c) = cur.take() {
             push(headers, &mut n, buf, c)?;
         }
-        let colon = memchr(b':', line).ok_or(Error::HeaderName)?;
-        // HCOLON allows white space between the name and the colon.
-        let mut name_end = colon;
-        while name_end > 0 && matches!(line[name_end - 1], b' ' | b'\t') {
-            name_end -= 1;
+        // field-name = token, then HCOLON = *(SP / HTAB) ":" (RFC 3261
+        // §7.3.1): one scan validates the name and finds the colon.
+        let name_end = lex::token_end(line, 0);
+        let mut colon = name_end;
+        while colon < line.len() && matches!(line[colon], b' ' | b'\t') {
+            colon += 1;
         }
-        let name = &line[..name_end];
-        if name.is_empty() || !name.iter().all(|&b| lex::is_token(b)) {
+        if name_end == 0 || line.get(colon) != Some(&b':') {
             return Err(Error::HeaderName);
         }
+        let name = &line[..name_end];
         cur = Some((
             name,
             HeaderName::from_bytes(name),

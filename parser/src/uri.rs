@@ -27,17 +27,47 @@ impl Scheme<'_> {
     }
 }
 
-/// Bytes that never appear unescaped in a URI: controls, space, `<>"`, DEL.
-static URI_BAD: [bool; 256] = {
-    let mut t = [false; 256];
+/// Byte classes of one pass over a URI: 0 plain, 1 never allowed unescaped
+/// (controls, space, `<>"`, DEL), 2 `@`, 3 `%`.
+static URI_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
     let mut i = 0;
     while i < 256 {
         let c = i as u8;
-        t[i] = c <= b' ' || c == b'<' || c == b'>' || c == b'"' || c == 0x7f;
+        t[i] = if c <= b' ' || c == b'<' || c == b'>' || c == b'"' || c == 0x7f {
+            1
+        } else if c == b'@' {
+            2
+        } else if c == b'%' {
+            3
+        } else {
+            0
+        };
         i += 1;
     }
     t
 };
+
+/// One pass over the part after the scheme: rejects bytes that need
+/// escaping, finds the first `@` and whether any `%` escapes need checking.
+#[inline]
+fn scan(rest: &[u8]) -> Result<(Option<usize>, bool)> {
+    let mut at = None;
+    let mut pct = false;
+    for (i, &b) in rest.iter().enumerate() {
+        match URI_CLASS[b as usize] {
+            0 => {}
+            1 => return Err(Error::Uri),
+            2 => {
+                if at.is_none() {
+                    at = Some(i);
+                }
+            }
+            _ => pct = true,
+        }
+    }
+    Ok((at, pct))
+}
 
 /// Host name bytes: 0 = not allowed, 1 = letter, `-` or `_`, 2 = digit or `.`.
 static HOST: [u8; 256] = {
@@ -156,9 +186,10 @@ impl<'a> Uri<'a> {
             return Err(Error::Uri);
         }
         let rest = &raw[colon + 1..];
-        if rest.is_empty() || rest.iter().any(|&b| URI_BAD[b as usize]) {
+        if rest.is_empty() {
             return Err(Error::Uri);
         }
+        let (at, pct) = scan(rest)?;
         let scheme = if eq_ic(scheme_s, b"sip") {
             Scheme::Sip
         } else if eq_ic(scheme_s, b"sips") {
@@ -170,7 +201,7 @@ impl<'a> Uri<'a> {
             Scheme::Other(std::str::from_utf8(scheme_s).map_err(|_| Error::Uri)?)
         };
         match scheme {
-            Scheme::Sip | Scheme::Sips => Self::parse_sip(raw, scheme, rest),
+            Scheme::Sip | Scheme::Sips => Self::parse_sip(raw, scheme, rest, at, pct),
             Scheme::Tel => {
                 let semi = find(rest, b';').unwrap_or(rest.len());
                 let number = &rest[..semi];
@@ -203,12 +234,18 @@ impl<'a> Uri<'a> {
         }
     }
 
-    fn parse_sip(raw: &'a [u8], scheme: Scheme<'a>, rest: &'a [u8]) -> Result<Uri<'a>> {
+    fn parse_sip(
+        raw: &'a [u8],
+        scheme: Scheme<'a>,
+        rest: &'a [u8],
+        at: Option<usize>,
+        pct: bool,
+    ) -> Result<Uri<'a>> {
         // userinfo ends at the first '@': '@' has no unescaped place in
         // hostport, uri-parameters or headers (RFC 3261 §25.1), while the
         // user may hold ';', '?' and '/' (`user-unreserved`, RFC 4475
         // §3.1.1.2), so params and headers are only split off after it.
-        let (userinfo, hostpart) = match find(rest, b'@') {
+        let (userinfo, hostpart) = match at {
             Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
             None => (None, rest),
         };
@@ -222,7 +259,6 @@ impl<'a> Uri<'a> {
                 if u.is_empty() {
                     return Err(Error::Uri);
                 }
-                check_escapes(u)?;
                 (Some(u), p)
             }
         };
@@ -239,7 +275,12 @@ impl<'a> Uri<'a> {
             Some(q) => (&tail[..q], &tail[q + 1..]),
             None => (tail, &tail[tail.len()..]),
         };
-        check_escapes(headers)?;
+        if pct {
+            // RFC 3261 §19.1.2: every '%' starts a two-hex-digit escape.
+            check_escapes(rest)?;
+        }
+        let params = Params::new(params);
+        params.validate().map_err(|_| Error::Uri)?;
         Ok(Uri {
             scheme,
             user,
@@ -247,7 +288,7 @@ impl<'a> Uri<'a> {
             host,
             host_raw,
             port,
-            params: check_params(params)?,
+            params,
             headers,
             raw,
         })
@@ -290,18 +331,27 @@ fn find(s: &[u8], b: u8) -> Option<usize> {
 /// Dotted-quad IPv4 without leading-zero ambiguity checks beyond range.
 fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
-    let mut parts = s.split(|&b| b == b'.');
-    for o in &mut octets {
-        let p = parts.next()?;
-        if p.is_empty() || p.len() > 3 {
-            return None;
+    let (mut k, mut n, mut digits) = (0usize, 0u16, 0u8);
+    for &b in s {
+        if b == b'.' {
+            if digits == 0 || k == 3 {
+                return None;
+            }
+            octets[k] = u8::try_from(n).ok()?;
+            (k, n, digits) = (k + 1, 0, 0);
+        } else {
+            // Only digits and dots reach here (Host::parse checked).
+            digits += 1;
+            if digits > 3 {
+                return None;
+            }
+            n = n * 10 + u16::from(b - b'0');
         }
-        let n = p.iter().fold(0u16, |n, &d| n * 10 + u16::from(d - b'0'));
-        *o = u8::try_from(n).ok()?;
     }
-    if parts.next().is_some() {
+    if digits == 0 || k != 3 {
         return None;
     }
+    octets[3] = u8::try_from(n).ok()?;
     Some(Ipv4Addr::from(octets))
 }
 
