@@ -16,14 +16,30 @@
 //! ```
 //!
 //! Modules:
+//! - `engine` — the sans-IO [`Engine`] of one shard: inputs `handle_*`
+//!   with `now`, outputs `poll_*`; its module doc says how to drive it.
 //! - `engine::wheel` — hierarchical timer wheel ([`TimerWheel`]): O(1)
 //!   insert/cancel, every engine timer lives here.
+//! - `engine::transaction` — RFC 3261 §17 client and server transactions
+//!   ([`ClientTransaction`], [`ServerTransaction`]), timers A–K plus RFC
+//!   6026's L and M, matching keys ([`TxKey`]).
+//! - `engine::registration` — registration on behalf: digest, refresh
+//!   before expiry, back-off, 423, persisted Call-ID/CSeq.
 //! - `engine::digest` — SIP digest authentication, client and server
 //!   ([`digest`]).
 
 mod engine;
 
+pub use engine::registration::{
+    AccountConfig, AccountId, AccountSecret, RegError, RegStatus, Registrar, RegistrationConfig,
+    SavedRegistration,
+};
+pub use engine::transaction::{
+    ClientEvent, ClientState, ClientTransaction, Kind, Pass, ServerEvent, ServerState,
+    ServerTransaction, TimerConfig, TxKey, TxTimer,
+};
 pub use engine::wheel::{TimerHandle, TimerWheel};
+pub use engine::{Engine, EngineConfig, Event, Flow, Stats, Transmit};
 pub use sipis_parser as parser;
 
 /// Digest authentication (RFC 2617, RFC 7616, RFC 8760), both sides.
