@@ -29,6 +29,7 @@
 //!   ([`digest`]).
 
 mod engine;
+pub mod store;
 
 pub use engine::registration::{
     AccountConfig, AccountId, AccountSecret, RegError, RegStatus, Registrar, RegistrationConfig,
