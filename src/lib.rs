@@ -28,7 +28,11 @@
 //! - `engine::digest` — SIP digest authentication, client and server
 //!   ([`digest`]).
 
+pub mod config;
 mod engine;
+pub mod http;
+pub mod metrics;
+pub mod runtime;
 pub mod store;
 
 pub use engine::registration::{

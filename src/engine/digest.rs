@@ -723,7 +723,9 @@ struct Cached {
 pub struct DigestClient {
     seed: [u8; 32],
     counter: u64,
-    cached: Option<Cached>,
+    /// Boxed: a registration holds one client per account, most of the
+    /// time between refreshes; the inline size matters at a million accounts.
+    cached: Option<Box<Cached>>,
 }
 
 impl DigestClient {
@@ -772,14 +774,16 @@ impl DigestClient {
         if fresh {
             self.counter = self.counter.wrapping_add(1);
         }
-        let c = self.cached.get_or_insert_with(|| Cached {
-            realm: String::new(),
-            nonce: String::new(),
-            opaque: None,
-            algorithm,
-            qop,
-            nc,
-            cnonce,
+        let c = self.cached.get_or_insert_with(|| {
+            Box::new(Cached {
+                realm: String::new(),
+                nonce: String::new(),
+                opaque: None,
+                algorithm,
+                qop,
+                nc,
+                cnonce,
+            })
         });
         if fresh {
             c.realm.clear();

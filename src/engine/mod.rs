@@ -32,6 +32,7 @@ pub(crate) mod transaction;
 pub(crate) mod wheel;
 
 use bytes::{Bytes, BytesMut};
+use hdrhistogram::Histogram;
 use registration::{
     AccountConfig, AccountId, Next, RegError, RegStatus, Registration, RegistrationConfig,
     SavedRegistration,
@@ -50,8 +51,11 @@ use wheel::{TimerHandle, TimerWheel};
 /// How a message arrived or must leave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flow {
-    /// This shard's UDP socket.
+    /// This shard's UDP socket (upstream: the provider's side).
     Udp,
+    /// The public UDP port shared by all shards (phones' side): replies
+    /// leave from that port so they pass the phone's NAT.
+    SharedUdp,
     /// A TCP/TLS connection of the front, by its id.
     Stream(u64),
 }
@@ -151,6 +155,8 @@ enum TxOwner {
 
 struct ClientEntry {
     tx: ClientTransaction,
+    /// When the request was first sent (latency of the final answer).
+    created: Instant,
     key: TxKey,
     dest: SocketAddr,
     flow: Flow,
@@ -181,7 +187,9 @@ pub struct Engine {
     cfg: EngineConfig,
     rng: Rng,
     wheel: TimerWheel<Timer>,
-    accounts: HashMap<AccountId, AccountEntry>,
+    /// Boxed: the table then holds 16-byte slots, so its power-of-two
+    /// growth does not leave hundreds of bytes empty per account.
+    accounts: HashMap<AccountId, Box<AccountEntry>>,
     by_token: HashMap<Box<str>, AccountId>,
     clients: Slab<ClientEntry>,
     client_keys: HashMap<TxKey, usize>,
@@ -196,6 +204,8 @@ pub struct Engine {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
+    /// Microseconds from sending a REGISTER to its final response.
+    register_latency: Histogram<u64>,
     buf: BytesMut,
 }
 
@@ -218,6 +228,8 @@ impl Engine {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            register_latency: Histogram::new_with_bounds(1, 120_000_000, 3)
+                .expect("valid histogram bounds"),
             buf: BytesMut::with_capacity(64 * 1024),
             cfg,
         }
@@ -231,6 +243,11 @@ impl Engine {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// REGISTER round trips (send to final response), in microseconds.
+    pub fn register_latency(&self) -> &Histogram<u64> {
+        &self.register_latency
     }
 
     /// The registration state of an account.
@@ -249,6 +266,13 @@ impl Engine {
     /// The persistent registration state of an account.
     pub fn saved_registration(&self, id: AccountId) -> Option<SavedRegistration> {
         self.accounts.get(&id).map(|a| a.reg.saved())
+    }
+
+    /// Visits every account's registration state (for metrics gauges).
+    pub fn for_each_status(&self, mut f: impl FnMut(AccountId, RegStatus)) {
+        for (id, a) in &self.accounts {
+            f(*id, a.reg.status());
+        }
     }
 
     pub fn account_count(&self) -> usize {
@@ -281,13 +305,13 @@ impl Engine {
         let wants = cfg.registrar.is_some();
         self.accounts.insert(
             id,
-            AccountEntry {
+            Box::new(AccountEntry {
                 cfg,
                 reg,
                 timer: None,
                 tx: None,
                 queued: false,
-            },
+            }),
         );
         if wants {
             self.enqueue(id, false);
@@ -615,6 +639,8 @@ impl Engine {
         let pass = c.tx.handle_response(now, msg);
         let owner = c.owner;
         if pass == Pass::Deliver && msg.status().unwrap_or(0) >= 200 {
+            let micros = now.saturating_duration_since(c.created).as_micros() as u64;
+            self.register_latency.saturating_record(micros.max(1));
             if let TxOwner::Register(id) = owner {
                 self.register_response(now, id, msg);
             }
@@ -804,6 +830,7 @@ impl Engine {
         let key = TxKey::for_request(branch.as_bytes(), self.cfg.via.as_bytes(), Method::Register);
         self.generation += 1;
         let slot = self.clients.insert(ClientEntry {
+            created: now,
             tx: ClientTransaction::new(now, Kind::NonInvite, bytes, false, &self.cfg.timers),
             key: key.clone(),
             dest,

@@ -1,0 +1,481 @@
+//! The command line: clap definitions and the account commands, which are
+//! a small client of a running server's admin API (`src/http`).
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+use sipis::config::{Config, DEFAULT_CONFIG_PATH};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Environment variable that overrides the admin token of the configuration
+/// (so it need not appear on a command line, where `ps` shows it).
+pub const TOKEN_ENV: &str = "SIPIS_ADMIN_TOKEN";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sipis",
+    version,
+    about = "sipis — SIP Instance Server: keeps sleeping mobile softphones reachable",
+    long_about = "sipis — SIP Instance Server: keeps sleeping mobile softphones reachable.\n\n\
+        It registers at each user's VoIP provider on the phone's behalf, wakes the phone \
+        with a push when a call arrives and relays the call to it.\n\n\
+        Exit status: 0 success, 1 failure (server or admin API), 2 bad configuration \
+        or usage.",
+    after_help = "Example configuration with every key and its default: tuning/sipis.toml"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: load and validate the configuration, then start one
+    /// shard per core
+    #[command(long_about = "Run the server.\n\n\
+        Loads and validates the configuration (the same checks as check-config, \
+        exit status 2 if any fails), prints which shards and ports start, then runs \
+        until stopped. The phones' port (server.sip_port) is shared by every shard \
+        (SO_REUSEPORT); shard i also listens on sip_port + 1 + i for its upstream \
+        traffic.")]
+    Serve(ServeArgs),
+
+    /// Validate a configuration file without starting anything
+    #[command(
+        long_about = "Validate a configuration file without starting anything.\n\n\
+        Checks every key (unknown keys, types, ranges, keys that must go together) and \
+        the files it names: TLS certificate and key readable, token file readable, \
+        data directory writable or creatable. Prints \"ok: <summary>\" and exits 0, or \
+        lists every problem, each naming its key, and exits 2. File access is checked \
+        as the user running it: `sudo -u sipis sipis check-config FILE` sees what the \
+        service will see."
+    )]
+    CheckConfig(CheckConfigArgs),
+
+    /// Manage upstream accounts through a running server's admin API
+    #[command(
+        long_about = "Manage upstream accounts through a running server's admin API.\n\n\
+        The API address defaults to http(s)://<admin.listen> of the configuration \
+        (a wildcard listen address becomes loopback), the bearer token to admin.token \
+        or admin.token_file; the environment variable SIPIS_ADMIN_TOKEN overrides it. \
+        Errors of the API are printed and the exit status is 1."
+    )]
+    Account(AccountArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file
+    #[arg(short, long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// Configuration file to check
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct AccountArgs {
+    /// Configuration file giving the admin address and token [default:
+    /// /etc/sipis/sipis.toml, if it exists]
+    #[arg(short, long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Admin API base URL, e.g. http://127.0.0.1:8080 [default: from admin.listen]
+    #[arg(long, value_name = "URL", global = true)]
+    pub admin: Option<String>,
+
+    /// Print the API's JSON instead of a summary or table
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub action: AccountCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Provision an account (POST /accounts); prints its id, Contact token
+    /// and registration state
+    Add(AddArgs),
+    /// List accounts by id, a page at a time (GET /accounts)
+    List(ListArgs),
+    /// Remove an account (DELETE /accounts/ID); sipis unregisters it first
+    Remove {
+        /// Account id, as `account list` shows it
+        id: u64,
+    },
+    /// Bulk-provision accounts from a CSV file (POST /accounts/import,
+    /// text/csv); "-" reads standard input
+    Import {
+        /// CSV file, with the columns the admin API documents
+        #[arg(value_name = "FILE.csv")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("secret").required(true).args(["password", "ha1"])))]
+pub struct AddArgs {
+    /// Address of record, e.g. sip:alice@provider.example
+    #[arg(long)]
+    pub aor: String,
+    /// Digest user name at the provider
+    #[arg(long)]
+    pub auth_user: String,
+    /// Digest password; "-" reads it from the first line of standard input
+    /// (a password given here is visible to `ps` and the shell history)
+    #[arg(long)]
+    pub password: Option<String>,
+    /// HA1 in hex instead of a password (MD5: 32 digits, SHA-256: 64)
+    #[arg(long)]
+    pub ha1: Option<String>,
+    /// Registrar URI, e.g. sip:provider.example; leave out for proxy mode
+    /// (the provider routes calls to sipis, nothing is registered)
+    #[arg(long)]
+    pub registrar: Option<String>,
+    /// Outbound proxy URI, written as a Route on REGISTERs
+    #[arg(long)]
+    pub outbound_proxy: Option<String>,
+    /// Binding lifetime in seconds [default: the server's]
+    #[arg(long)]
+    pub expires: Option<u32>,
+    /// Create it disabled (kept, not registered)
+    #[arg(long)]
+    pub disabled: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only accounts with an id greater than this
+    #[arg(long, value_name = "ID", default_value_t = 0)]
+    pub after: u64,
+    /// At most this many (the server allows 1..=1000)
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub limit: u32,
+}
+
+/// A client of the admin API.
+struct Admin {
+    agent: ureq::Agent,
+    base: String,
+    token: Option<String>,
+}
+
+/// Where to reach the admin API and with which token.
+fn admin_client(args: &AccountArgs) -> anyhow::Result<Admin> {
+    let config = match &args.config {
+        Some(path) => Some(load_config(path)?),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+            Some(load_config(Path::new(DEFAULT_CONFIG_PATH))?)
+        }
+        None => None,
+    };
+    let base = match (&args.admin, &config) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(c)) => c.admin_url(),
+        (None, None) => bail!(
+            "no admin API address: pass --admin URL or --config FILE \
+             ({DEFAULT_CONFIG_PATH} does not exist)"
+        ),
+    };
+    let token = match std::env::var(TOKEN_ENV) {
+        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+        _ => match &config {
+            Some(c) => c.admin_token()?,
+            None => None,
+        },
+    };
+    let agent = ureq::Agent::config_builder()
+        // Error statuses are answers too: their `{"error": ...}` is printed.
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .user_agent(concat!("sipis-cli/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into();
+    Ok(Admin { agent, base, token })
+}
+
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|e| {
+        let lines: Vec<String> = e.problems().iter().map(|p| format!("  {p}")).collect();
+        anyhow::anyhow!("{}:\n{}", path.display(), lines.join("\n"))
+    })
+}
+
+impl Admin {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn auth(&self) -> Option<String> {
+        self.token.as_ref().map(|t| format!("Bearer {t}"))
+    }
+
+    fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+        let mut req = self.agent.get(self.url(path));
+        for (k, v) in query {
+            req = req.query(*k, v);
+        }
+        if let Some(a) = self.auth() {
+            req = req.header("Authorization", a);
+        }
+        self.finish(req.call())
+    }
+
+    fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        let mut req = self.agent.delete(self.url(path));
+        if let Some(a) = self.auth() {
+            req = req.header("Authorization", a);
+        }
+        self.finish(req.call())
+    }
+
+    fn post(&self, path: &str, content_type: &str, body: Vec<u8>) -> anyhow::Result<Value> {
+        let mut req = self
+            .agent
+            .post(self.url(path))
+            .header("Content-Type", content_type);
+        if let Some(a) = self.auth() {
+            req = req.header("Authorization", a);
+        }
+        self.finish(req.send(body))
+    }
+
+    /// The JSON of a 2xx answer (`null` when empty), else the API's error
+    /// message as the error.
+    fn finish(
+        &self,
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<Value> {
+        let mut resp =
+            resp.with_context(|| format!("cannot reach the admin API at {}", self.base))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("reading the admin API's answer (HTTP {status})"))?;
+        let json: Option<Value> = serde_json::from_str(&body).ok();
+        if !(200..300).contains(&status) {
+            match json
+                .as_ref()
+                .and_then(|j| j.get("error"))
+                .and_then(Value::as_str)
+            {
+                Some(msg) => bail!("{msg} (HTTP {status})"),
+                None => bail!(
+                    "HTTP {status}: {}",
+                    body.trim().chars().take(300).collect::<String>()
+                ),
+            }
+        }
+        if body.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        json.with_context(|| {
+            format!("the admin API answered HTTP {status} with non-JSON: {body:.200}")
+        })
+    }
+}
+
+/// Runs an `account` command.
+pub fn account(args: AccountArgs) -> anyhow::Result<()> {
+    let admin = admin_client(&args)?;
+    match args.action {
+        AccountCommand::Add(add) => {
+            let mut body = json!({
+                "aor": add.aor,
+                "auth_user": add.auth_user,
+                "enabled": !add.disabled,
+            });
+            match (add.password, add.ha1) {
+                (Some(p), _) if p == "-" => body["password"] = json!(read_stdin_line()?),
+                (Some(p), _) => body["password"] = json!(p),
+                (None, Some(h)) => body["ha1"] = json!(h),
+                (None, None) => bail!("--password or --ha1 is required"),
+            }
+            for (key, v) in [
+                ("registrar", add.registrar),
+                ("outbound_proxy", add.outbound_proxy),
+            ] {
+                if let Some(v) = v {
+                    body[key] = json!(v);
+                }
+            }
+            if let Some(e) = add.expires {
+                body["expires"] = json!(e);
+            }
+            let view = admin.post(
+                "/accounts",
+                "application/json",
+                body.to_string().into_bytes(),
+            )?;
+            if args.json {
+                println!("{view:#}");
+            } else {
+                println!(
+                    "created account {} {}\n  contact token: {}\n  state: {}",
+                    field(&view, "id"),
+                    field(&view, "aor"),
+                    field(&view, "token"),
+                    state(&view)
+                );
+            }
+        }
+        AccountCommand::List(list) => {
+            let answer = admin.get(
+                "/accounts",
+                &[
+                    ("after", list.after.to_string()),
+                    ("limit", list.limit.to_string()),
+                ],
+            )?;
+            if args.json {
+                println!("{answer:#}");
+                return Ok(());
+            }
+            // `{"accounts": [...], "next_after": N}`, or a bare array.
+            let (accounts, next) = match &answer {
+                Value::Array(a) => (a.as_slice(), None),
+                Value::Object(o) => (
+                    o.get("accounts")
+                        .and_then(Value::as_array)
+                        .map_or(&[][..], Vec::as_slice),
+                    o.get("next_after").and_then(Value::as_u64),
+                ),
+                _ => bail!("unexpected answer from GET /accounts: {answer}"),
+            };
+            print!("{}", account_table(accounts));
+            if let Some(n) = next {
+                eprintln!(
+                    "(more: sipis account list --after {n} --limit {})",
+                    list.limit
+                );
+            }
+        }
+        AccountCommand::Remove { id } => {
+            admin.delete(&format!("/accounts/{id}"))?;
+            println!("removed account {id}");
+        }
+        AccountCommand::Import { file } => {
+            let csv = if file.as_os_str() == "-" {
+                let mut v = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut v)
+                    .context("reading standard input")?;
+                v
+            } else {
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let answer = admin.post("/accounts/import", "text/csv", csv)?;
+            if args.json {
+                println!("{answer:#}");
+            } else {
+                println!("imported {} accounts", field(&answer, "imported"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_stdin_line() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let line = line.trim_end_matches(['\r', '\n']).to_owned();
+    if line.is_empty() {
+        bail!("no password on standard input");
+    }
+    Ok(line)
+}
+
+/// A JSON field as text, `-` if absent or null.
+fn field(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        None | Some(Value::Null) => "-".to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Bool(true)) => "yes".to_owned(),
+        Some(Value::Bool(false)) => "no".to_owned(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// `status.state`, with the seconds it carries.
+fn state(v: &Value) -> String {
+    let Some(status) = v.get("status") else {
+        return "-".to_owned();
+    };
+    let mut s = field(status, "state");
+    if let Some(n) = status.get("expires_in").and_then(Value::as_u64) {
+        s.push_str(&format!(" ({n}s left)"));
+    }
+    if let Some(n) = status.get("retry_in").and_then(Value::as_u64) {
+        s.push_str(&format!(" (retry in {n}s)"));
+    }
+    if let Some(e) = status.get("last_error").and_then(Value::as_str) {
+        s.push_str(&format!(": {e}"));
+    }
+    s
+}
+
+/// The accounts as an aligned text table (or "no accounts").
+pub fn account_table(accounts: &[Value]) -> String {
+    if accounts.is_empty() {
+        return "no accounts\n".to_owned();
+    }
+    let header = [
+        "ID",
+        "AOR",
+        "AUTH USER",
+        "REGISTRAR",
+        "EXPIRES",
+        "ENABLED",
+        "STATE",
+    ];
+    let rows: Vec<[String; 7]> = accounts
+        .iter()
+        .map(|a| {
+            [
+                field(a, "id"),
+                field(a, "aor"),
+                field(a, "auth_user"),
+                field(a, "registrar"),
+                field(a, "expires"),
+                field(a, "enabled"),
+                state(a),
+            ]
+        })
+        .collect();
+    let mut width = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                l.push_str("  ");
+            }
+            l.push_str(cell);
+            if i + 1 < width.len() {
+                l.extend(std::iter::repeat_n(' ', width[i] - cell.chars().count()));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in &rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}

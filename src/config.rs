@@ -1,0 +1,1627 @@
+//! The operator's configuration: one TOML file, `/etc/sipis/sipis.toml` by
+//! default. `tuning/sipis.toml` is the documented example with every key and
+//! its default.
+//!
+//! ```text
+//!  text ──toml──▶ table ──schema walk──▶ serde (deny_unknown_fields) ──▶ per-key
+//!                        unknown keys,                                   conversion
+//!                        with "did you mean"                             and ranges
+//!                                                              ──▶ cross-key checks ──▶ Config
+//! ```
+//!
+//! Loading reports **every** problem it finds, not just the first, and each
+//! one names its key: `sip.t1: "0ms" must be at least 1ms`,
+//! `unknown key "registar" in [sip] (did you mean "registrar"?)`. The raw
+//! section structs below are the schema: serde lists their fields, which is
+//! what unknown keys are checked (and suggestions drawn) against, so a key
+//! added there is known everywhere at once. Their fields are loose
+//! [`toml::Value`]s on purpose: the conversion then says *which* key holds
+//! a wrong value and what was expected, and goes on to the next key.
+//!
+//! Durations are strings such as `"500ms"`, `"32s"`, `"5m"`, `"1h"` (parts
+//! may be combined: `"1m30s"`), or bare integers of **milliseconds**.
+//!
+//! [`Config::check`] goes further and looks at the files the configuration
+//! names (TLS files, token file, data directory); `sipis check-config` runs
+//! both without starting anything.
+
+use crate::{EngineConfig, RegistrationConfig, TimerConfig};
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+use std::fmt;
+use std::fs;
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where `sipis serve` and the account commands look without `--config`.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/sipis/sipis.toml";
+/// Most shards a node runs.
+pub const MAX_SHARDS: usize = 256;
+/// Shortest admin bearer token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+/// File name of the embedded store inside `server.data_dir`.
+pub const EMBEDDED_DB_FILE: &str = "sipis.db";
+
+// ---------------------------------------------------------------------------
+// The typed configuration
+// ---------------------------------------------------------------------------
+
+/// Every setting of a sipis node, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub sip: SipConfig,
+    pub store: StoreConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+/// `[server]`: sockets, shards, data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Host or IP written in Via and Contact (without a port: each shard
+    /// appends its own). `None`: the bind address, which must then be
+    /// specific.
+    pub public_host: Option<String>,
+    /// Address every SIP socket binds to.
+    pub bind: IpAddr,
+    /// The phones' port, shared by all shards (SO_REUSEPORT); shard `i`
+    /// also listens on `sip_port + 1 + i` for its upstream traffic.
+    pub sip_port: u16,
+    pub shards: Shards,
+    /// Where the embedded store and other local state live.
+    pub data_dir: PathBuf,
+    /// Send `Expires: 0` for every registration on a graceful shutdown.
+    pub unregister_on_shutdown: bool,
+    /// Largest SIP message accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            public_host: None,
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            sip_port: 5060,
+            shards: Shards::Auto,
+            data_dir: PathBuf::from("/var/lib/sipis"),
+            unregister_on_shutdown: false,
+            max_message_bytes: 65535,
+        }
+    }
+}
+
+/// How many shards (one per core) a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shards {
+    /// One per available core ([`std::thread::available_parallelism`]),
+    /// at most [`MAX_SHARDS`].
+    #[default]
+    Auto,
+    /// Exactly this many, 1..=[`MAX_SHARDS`].
+    Count(u16),
+}
+
+/// `[sip]`: protocol timers and registration on behalf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipConfig {
+    /// RFC 3261 T1: RTT estimate, the first retransmit interval.
+    pub t1: Duration,
+    /// RFC 3261 T2: longest retransmit interval (non-INVITE, INVITE responses).
+    pub t2: Duration,
+    /// RFC 3261 T4: longest time a message stays in the network.
+    pub t4: Duration,
+    /// REGISTERs per second, per shard.
+    pub register_rate: u32,
+    /// REGISTERs that may leave back to back before the rate applies.
+    pub register_burst: u32,
+    /// First back-off delay after a failed registration.
+    pub retry_base: Duration,
+    /// Longest back-off delay.
+    pub retry_max: Duration,
+    /// `User-Agent` of the REGISTERs sipis sends.
+    pub user_agent: String,
+    /// Binding lifetime (seconds) of accounts provisioned without one.
+    pub default_expires: u32,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        let timers = TimerConfig::default();
+        let reg = RegistrationConfig::default();
+        let engine = EngineConfig::default();
+        SipConfig {
+            t1: timers.t1,
+            t2: timers.t2,
+            t4: timers.t4,
+            register_rate: engine.register_rate,
+            register_burst: engine.register_burst,
+            retry_base: reg.retry_base,
+            retry_max: reg.retry_max,
+            user_agent: reg.user_agent,
+            default_expires: 3600,
+        }
+    }
+}
+
+/// `[store]`: where accounts, devices and registration state are kept.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// SQLite in a file: `path`, else `<server.data_dir>/sipis.db`.
+    Embedded { path: Option<PathBuf> },
+    /// PostgreSQL at `url` (`postgres://user@host/db`).
+    Postgres { url: String },
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig::Embedded { path: None }
+    }
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreConfig::Embedded { path } => {
+                f.debug_struct("Embedded").field("path", path).finish()
+            }
+            StoreConfig::Postgres { url } => f
+                .debug_struct("Postgres")
+                .field("url", &redact_url(url))
+                .finish(),
+        }
+    }
+}
+
+/// `[admin]`: the HTTP admin API (provisioning, health, metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: AdminToken,
+    /// HTTPS when set.
+    pub tls: Option<TlsFiles>,
+    /// Concurrent admin connections; more wait in the kernel's backlog.
+    pub max_connections: u32,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
+            token: AdminToken::None,
+            tls: None,
+            max_connections: 64,
+        }
+    }
+}
+
+/// The admin API's bearer token.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum AdminToken {
+    /// No token: only allowed when the API listens on loopback.
+    #[default]
+    None,
+    /// `admin.token`, given in the file.
+    Inline(String),
+    /// `admin.token_file`: read at start (surrounding whitespace trimmed).
+    File(PathBuf),
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminToken::None => f.write_str("None"),
+            AdminToken::Inline(_) => f.write_str("Inline(<redacted>)"),
+            AdminToken::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
+}
+
+/// `admin.tls_cert` and `admin.tls_key`: PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogConfig {
+    pub level: LogLevel,
+    pub format: LogFormat,
+}
+
+/// `log.level`: the least severe level written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    const NAMES: &'static [&'static str] = &["trace", "debug", "info", "warn", "error"];
+    const ALL: [LogLevel; 5] = [
+        LogLevel::Trace,
+        LogLevel::Debug,
+        LogLevel::Info,
+        LogLevel::Warn,
+        LogLevel::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    const NAMES: &'static [&'static str] = &["text", "json"];
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// What is wrong with a configuration. Each variant but [`Syntax`],
+/// [`Read`] and [`Several`] names its key ([`ConfigError::key`]).
+///
+/// [`Syntax`]: ConfigError::Syntax
+/// [`Read`]: ConfigError::Read
+/// [`Several`]: ConfigError::Several
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read { path: PathBuf, error: io::Error },
+    /// Not TOML; toml's message gives line and column.
+    Syntax(String),
+    /// A section the configuration does not have.
+    UnknownSection {
+        name: String,
+        /// The closest known section, if one is close.
+        suggestion: Option<String>,
+    },
+    /// A key its section does not have (`section` is empty at the top level).
+    UnknownKey {
+        section: String,
+        key: String,
+        /// What the operator probably meant, in words.
+        hint: Option<String>,
+    },
+    /// A value that is wrong by itself or together with another key.
+    Invalid { key: String, message: String },
+    /// Every problem found, in file order of sections.
+    Several(Vec<ConfigError>),
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// The dotted key (or section name) the problem is about.
+    pub fn key(&self) -> Option<String> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key.clone()),
+            ConfigError::UnknownKey { section, key, .. } if section.is_empty() => Some(key.clone()),
+            ConfigError::UnknownKey { section, key, .. } => Some(format!("{section}.{key}")),
+            ConfigError::UnknownSection { name, .. } => Some(name.clone()),
+            _ => None,
+        }
+    }
+
+    /// Every single problem (a [`ConfigError::Several`] flattened).
+    pub fn problems(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Several(all) => all.iter().flat_map(ConfigError::problems).collect(),
+            one => vec![one],
+        }
+    }
+
+    /// `Ok` if there is no error, the error itself if one, else `Several`.
+    fn from_list(mut errors: Vec<ConfigError>) -> Result<(), ConfigError> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.pop().expect("one error")),
+            _ => Err(ConfigError::Several(errors)),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, error } => {
+                write!(f, "cannot read {}: {error}", path.display())
+            }
+            ConfigError::Syntax(msg) => write!(f, "not valid TOML: {}", msg.trim_end()),
+            ConfigError::UnknownSection { name, suggestion } => {
+                write!(f, "unknown section [{name}]")?;
+                match suggestion {
+                    Some(s) => write!(f, " (did you mean [{s}]?)"),
+                    None => write!(f, " (sections: {})", list_sections()),
+                }
+            }
+            ConfigError::UnknownKey { section, key, hint } => {
+                if section.is_empty() {
+                    write!(f, "unknown key {key:?} at the top level")?;
+                } else {
+                    write!(f, "unknown key {key:?} in [{section}]")?;
+                }
+                match hint {
+                    Some(h) => write!(f, " ({h})"),
+                    None => Ok(()),
+                }
+            }
+            ConfigError::Invalid { key, message } => write!(f, "{key}: {message}"),
+            ConfigError::Several(all) => {
+                for (i, e) in all.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("\n")?;
+                    }
+                    e.fmt(f)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        Config::from_toml_str(&text)
+    }
+
+    /// Parses and validates a configuration; keys left out take their
+    /// defaults. Every problem found is reported (as
+    /// [`ConfigError::Several`] when there are more than one).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let mut doc: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+        let mut errors = Vec::new();
+        strip_unknown(&mut doc, &mut errors);
+        // After the walk only known keys remain: deny_unknown_fields is the
+        // backstop that keeps the schema and the walk honest.
+        let raw: RawFile = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+        let mut r = Reader {
+            errors,
+            bad: Vec::new(),
+        };
+        let config = convert(raw, &mut r);
+        let Reader { mut errors, bad } = r;
+        // A cross-key check about a key that is already wrong would only
+        // repeat the problem with a made-up value.
+        for (keys, e) in config.cross_checks() {
+            if !keys.iter().any(|k| bad.iter().any(|b| b == k)) {
+                errors.push(e);
+            }
+        }
+        ConfigError::from_list(errors)?;
+        Ok(config)
+    }
+
+    /// Every key the file may hold, dotted (`server.bind`), in schema order.
+    pub fn known_keys() -> Vec<String> {
+        sections()
+            .iter()
+            .flat_map(|s| section_keys(s).iter().map(move |k| format!("{s}.{k}")))
+            .collect()
+    }
+
+    /// The checks that involve several keys (a configuration built in code
+    /// skips the per-key ranges applied while parsing, but not these).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ConfigError::from_list(self.cross_checks().into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// Each cross-key problem with the keys it involves.
+    fn cross_checks(&self) -> Vec<(&'static [&'static str], ConfigError)> {
+        let mut out: Vec<(&'static [&'static str], ConfigError)> = Vec::new();
+        let s = &self.server;
+        if s.public_host.is_none() && s.bind.is_unspecified() {
+            out.push((
+                &["server.public_host", "server.bind"],
+                ConfigError::invalid(
+                    "server.public_host",
+                    format!(
+                        "required when server.bind is {:?} (the host or IP providers and \
+                         phones reach; it is written in Via and Contact)",
+                        s.bind.to_string()
+                    ),
+                ),
+            ));
+        }
+        let shards = self.shard_count();
+        if usize::from(s.sip_port) + shards > usize::from(u16::MAX) {
+            out.push((
+                &["server.sip_port", "server.shards"],
+                ConfigError::invalid(
+                    "server.sip_port",
+                    format!(
+                        "{} leaves no room for {shards} shard ports (shard i listens on \
+                         sip_port + 1 + i, at most 65535)",
+                        s.sip_port
+                    ),
+                ),
+            ));
+        }
+        let sip = &self.sip;
+        if sip.t2 < sip.t1 {
+            out.push((
+                &["sip.t1", "sip.t2"],
+                ConfigError::invalid(
+                    "sip.t2",
+                    format!(
+                        "{:?} must be at least sip.t1 ({})",
+                        format_duration(sip.t2),
+                        format_duration(sip.t1)
+                    ),
+                ),
+            ));
+        }
+        if sip.retry_max < sip.retry_base {
+            out.push((
+                &["sip.retry_base", "sip.retry_max"],
+                ConfigError::invalid(
+                    "sip.retry_max",
+                    format!(
+                        "{:?} must be at least sip.retry_base ({})",
+                        format_duration(sip.retry_max),
+                        format_duration(sip.retry_base)
+                    ),
+                ),
+            ));
+        }
+        let a = &self.admin;
+        match &a.token {
+            AdminToken::None if !a.listen.ip().is_loopback() => out.push((
+                &["admin.token", "admin.token_file", "admin.listen"],
+                ConfigError::invalid(
+                    "admin.token",
+                    format!(
+                        "required (or admin.token_file) when admin.listen is not loopback \
+                         ({:?}): whoever reaches that port could provision accounts",
+                        a.listen.to_string()
+                    ),
+                ),
+            )),
+            AdminToken::Inline(t) => {
+                if let Err(why) = token_problem(t) {
+                    out.push((&["admin.token"], ConfigError::invalid("admin.token", why)));
+                }
+            }
+            _ => {}
+        }
+        // SIP may run over TCP on the shard ports too: the admin API must
+        // not take one where the addresses overlap.
+        let port = a.listen.port();
+        let first = s.sip_port;
+        let last = usize::from(first) + shards;
+        if usize::from(port) >= usize::from(first)
+            && usize::from(port) <= last
+            && addresses_overlap(a.listen.ip(), s.bind)
+        {
+            let what = if port == first {
+                "the phones' SIP port (server.sip_port)".to_owned()
+            } else {
+                format!("shard {}'s SIP port", port - first - 1)
+            };
+            out.push((
+                &["admin.listen", "server.sip_port", "server.shards"],
+                ConfigError::invalid("admin.listen", format!("port {port} is {what}")),
+            ));
+        }
+        out
+    }
+
+    /// Looks at what the configuration names on disk: the data directory is
+    /// writable (or can be created), TLS and token files are readable.
+    /// Returns every problem; nothing is created or changed (a probe file
+    /// is written and removed to test writability).
+    pub fn check(&self) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        if let Err(why) = writable_dir(&self.server.data_dir) {
+            out.push(ConfigError::invalid("server.data_dir", why));
+        }
+        if let StoreConfig::Embedded { path: Some(p) } = &self.store {
+            let parent = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            if p.is_dir() {
+                out.push(ConfigError::invalid(
+                    "store.path",
+                    format!("{:?} is a directory; name the database file", p.display()),
+                ));
+            } else if let Err(why) = writable_dir(parent) {
+                out.push(ConfigError::invalid("store.path", why));
+            }
+        }
+        if let Some(tls) = &self.admin.tls {
+            for (key, path) in [("admin.tls_cert", &tls.cert), ("admin.tls_key", &tls.key)] {
+                if let Err(why) = pem_file(path) {
+                    out.push(ConfigError::invalid(key, why));
+                }
+            }
+        }
+        if let AdminToken::File(_) = self.admin.token {
+            if let Err(e) = self.admin_token() {
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    /// The admin bearer token, read from `admin.token_file` if that is where
+    /// it is.
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        match &self.admin.token {
+            AdminToken::None => Ok(None),
+            AdminToken::Inline(t) => Ok(Some(t.clone())),
+            AdminToken::File(path) => {
+                let text = fs::read_to_string(path).map_err(|e| {
+                    ConfigError::invalid(
+                        "admin.token_file",
+                        format!("cannot read {:?}: {e}", path.display()),
+                    )
+                })?;
+                let token = text.trim();
+                token_problem(token).map_err(|why| {
+                    ConfigError::invalid(
+                        "admin.token_file",
+                        format!("{:?}: the token {why}", path.display()),
+                    )
+                })?;
+                Ok(Some(token.to_owned()))
+            }
+        }
+    }
+
+    /// How many shards run: `server.shards`, with `"auto"` resolved to the
+    /// available cores (at most [`MAX_SHARDS`]).
+    pub fn shard_count(&self) -> usize {
+        match self.server.shards {
+            Shards::Count(n) => usize::from(n).clamp(1, MAX_SHARDS),
+            Shards::Auto => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_SHARDS),
+        }
+    }
+
+    /// The upstream port of `shard`: `sip_port + 1 + shard` (saturating; a
+    /// validated configuration never reaches 65535 + 1).
+    pub fn shard_port(&self, shard: usize) -> u16 {
+        let port = usize::from(self.server.sip_port) + 1 + shard;
+        u16::try_from(port).unwrap_or(u16::MAX)
+    }
+
+    /// The host written in Via and Contact: `server.public_host`, else the
+    /// bind address.
+    pub fn public_host(&self) -> String {
+        match &self.server.public_host {
+            Some(h) => h.clone(),
+            None => self.server.bind.to_string(),
+        }
+    }
+
+    /// The embedded store's file, `None` with PostgreSQL.
+    pub fn embedded_db_path(&self) -> Option<PathBuf> {
+        match &self.store {
+            StoreConfig::Embedded { path: Some(p) } => Some(p.clone()),
+            StoreConfig::Embedded { path: None } => {
+                Some(self.server.data_dir.join(EMBEDDED_DB_FILE))
+            }
+            StoreConfig::Postgres { .. } => None,
+        }
+    }
+
+    /// Where a client on this host reaches the admin API:
+    /// `http(s)://<listen>`, a wildcard listen address replaced by loopback.
+    pub fn admin_url(&self) -> String {
+        let scheme = if self.admin.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let ip = match self.admin.listen.ip() {
+            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!(
+            "{scheme}://{}",
+            SocketAddr::new(ip, self.admin.listen.port())
+        )
+    }
+
+    /// The engine configuration of `shard`: timers, rate limit and
+    /// registration settings from `[sip]`, Via and Contact host
+    /// `public_host:shard_port`. The PRNG seed is left at its default for
+    /// the caller to set.
+    pub fn engine_config(&self, shard: usize) -> EngineConfig {
+        let host = host_port(&self.public_host(), self.shard_port(shard));
+        EngineConfig {
+            timers: TimerConfig {
+                t1: self.sip.t1,
+                t2: self.sip.t2,
+                t4: self.sip.t4,
+            },
+            via: host.clone(),
+            contact_host: host,
+            register_rate: self.sip.register_rate,
+            register_burst: self.sip.register_burst,
+            registration: RegistrationConfig {
+                retry_base: self.sip.retry_base,
+                retry_max: self.sip.retry_max,
+                user_agent: self.sip.user_agent.clone(),
+            },
+            ..EngineConfig::default()
+        }
+    }
+
+    /// One line saying what would run (no secrets).
+    pub fn summary(&self) -> String {
+        let n = self.shard_count();
+        let s = &self.server;
+        let shards = match s.shards {
+            Shards::Auto => format!("{n} shards (auto)"),
+            Shards::Count(_) if n == 1 => "1 shard".to_owned(),
+            Shards::Count(_) => format!("{n} shards"),
+        };
+        let store = match &self.store {
+            StoreConfig::Embedded { .. } => format!(
+                "embedded store {}",
+                self.embedded_db_path().unwrap_or_default().display()
+            ),
+            StoreConfig::Postgres { url } => format!("postgres {}", redact_url(url)),
+        };
+        let token = match self.admin.token {
+            AdminToken::None => "no token",
+            AdminToken::Inline(_) => "token",
+            AdminToken::File(_) => "token file",
+        };
+        format!(
+            "{shards}; phones on {} (shared); upstream {}..={}; public host {}; {store}; \
+             admin {} ({token}); log {} {}",
+            SocketAddr::new(s.bind, s.sip_port),
+            host_port(&s.bind.to_string(), self.shard_port(0)),
+            self.shard_port(n - 1),
+            self.public_host(),
+            self.admin_url(),
+            self.log.level.as_str(),
+            self.log.format.as_str(),
+        )
+    }
+}
+
+/// `host:port`, with an IPv6 host in brackets.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Parses `"500ms"`, `"32s"`, `"5m"`, `"1h"`, `"2d"` and sums of them
+/// (`"1m30s"`, `"1h 30m"`). A unit is required.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let secs_per = match rest[..unit_end].trim() {
+            "ms" => {
+                total = total.checked_add(Duration::from_millis(n))?;
+                rest = &rest[unit_end..];
+                continue;
+            }
+            "s" => 1,
+            "m" | "min" => 60,
+            "h" => 3600,
+            "d" => 86400,
+            _ => return None,
+        };
+        total = total.checked_add(Duration::from_secs(n.checked_mul(secs_per)?))?;
+        rest = &rest[unit_end..];
+    }
+    Some(total)
+}
+
+/// The shortest of `"1500ms"`, `"32s"`, `"5m"`, `"1h"` that is exact.
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return format!("{d:?}");
+    }
+    if d.subsec_millis() != 0 || d.is_zero() {
+        return format!("{}ms", d.as_millis());
+    }
+    let s = d.as_secs();
+    if s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// A URL with its password, if any, replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let auth_start = scheme_end + 3;
+    let auth_end = url[auth_start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| auth_start + i);
+    let authority = &url[auth_start..auth_end];
+    match authority.rfind('@') {
+        Some(at) => match authority[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:***{}",
+                &url[..auth_start],
+                &authority[..colon],
+                &url[auth_start + at..]
+            ),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The schema: one raw struct per section
+// ---------------------------------------------------------------------------
+
+type V = Option<toml::Value>;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    server: Option<RawServer>,
+    sip: Option<RawSip>,
+    store: Option<RawStore>,
+    admin: Option<RawAdmin>,
+    log: Option<RawLog>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    public_host: V,
+    bind: V,
+    sip_port: V,
+    shards: V,
+    data_dir: V,
+    unregister_on_shutdown: V,
+    max_message_bytes: V,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSip {
+    t1: V,
+    t2: V,
+    t4: V,
+    register_rate: V,
+    register_burst: V,
+    retry_base: V,
+    retry_max: V,
+    user_agent: V,
+    default_expires: V,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    kind: V,
+    url: V,
+    path: V,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: V,
+    token: V,
+    token_file: V,
+    tls_cert: V,
+    tls_key: V,
+    max_connections: V,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: V,
+    format: V,
+}
+
+/// The field names serde knows for `T` (read off `deserialize_struct`).
+fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct Probe(&'static [&'static str]);
+    impl<'de> Deserializer<'de> for &mut Probe {
+        type Error = de::value::Error;
+        fn deserialize_any<W: Visitor<'de>>(self, _: W) -> Result<W::Value, Self::Error> {
+            Err(de::Error::custom("probe"))
+        }
+        fn deserialize_struct<W: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: W,
+        ) -> Result<W::Value, Self::Error> {
+            self.0 = fields;
+            Err(de::Error::custom("probe"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut probe = Probe(&[]);
+    let _ = T::deserialize(&mut probe);
+    probe.0
+}
+
+fn sections() -> &'static [&'static str] {
+    fields_of::<RawFile>()
+}
+
+fn section_keys(section: &str) -> &'static [&'static str] {
+    match section {
+        "server" => fields_of::<RawServer>(),
+        "sip" => fields_of::<RawSip>(),
+        "store" => fields_of::<RawStore>(),
+        "admin" => fields_of::<RawAdmin>(),
+        "log" => fields_of::<RawLog>(),
+        _ => &[],
+    }
+}
+
+fn list_sections() -> String {
+    sections()
+        .iter()
+        .map(|s| format!("[{s}]"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Removes (and reports) every key and section the schema does not know.
+fn strip_unknown(doc: &mut toml::Table, errors: &mut Vec<ConfigError>) {
+    let names: Vec<String> = doc.keys().cloned().collect();
+    for name in names {
+        let known = sections().contains(&name.as_str());
+        let is_table = doc.get(&name).is_some_and(toml::Value::is_table);
+        if known && !is_table {
+            let v = doc.remove(&name).expect("key listed");
+            errors.push(ConfigError::invalid(
+                &name,
+                format!("expected a section [{name}], got {}", got(&v)),
+            ));
+            continue;
+        }
+        if !known {
+            doc.remove(&name);
+            if is_table {
+                errors.push(ConfigError::UnknownSection {
+                    suggestion: closest(&name, sections()).map(str::to_owned),
+                    name,
+                });
+            } else {
+                let home = sections()
+                    .iter()
+                    .find(|s| section_keys(s).contains(&name.as_str()));
+                errors.push(ConfigError::UnknownKey {
+                    hint: Some(match home {
+                        Some(s) => format!("it belongs in [{s}]"),
+                        None => format!("settings go in a section: {}", list_sections()),
+                    }),
+                    section: String::new(),
+                    key: name,
+                });
+            }
+            continue;
+        }
+        let keys = section_keys(&name);
+        let Some(toml::Value::Table(table)) = doc.get_mut(&name) else {
+            continue;
+        };
+        let unknown: Vec<String> = table
+            .keys()
+            .filter(|k| !keys.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for key in unknown {
+            table.remove(&key);
+            let elsewhere = sections()
+                .iter()
+                .find(|s| **s != name && section_keys(s).contains(&key.as_str()));
+            let hint = match (closest(&key, keys), elsewhere) {
+                (Some(k), _) => Some(format!("did you mean {k:?}?")),
+                (None, Some(s)) => Some(format!("it belongs in [{s}]")),
+                (None, None) => None,
+            };
+            errors.push(ConfigError::UnknownKey {
+                section: name.clone(),
+                key,
+                hint,
+            });
+        }
+    }
+}
+
+/// The candidate nearest to `word` by edit distance, if near enough to be
+/// a typo.
+fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let word = word.to_ascii_lowercase();
+    candidates
+        .iter()
+        .map(|c| (edit_distance(&word, c), *c))
+        .filter(|(d, c)| *d <= (c.len() / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Edit distance counting a swap of two neighbours as one edit (optimal
+/// string alignment): `levle` is one edit from `level`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+// ---------------------------------------------------------------------------
+// Conversion: raw values into typed settings, one error per wrong key
+// ---------------------------------------------------------------------------
+
+/// Collects the per-key errors; every getter returns `None` for a missing
+/// or wrong value (the caller then uses the default and goes on).
+struct Reader {
+    errors: Vec<ConfigError>,
+    /// Keys that already have an error.
+    bad: Vec<&'static str>,
+}
+
+/// A value as the operator wrote it, for messages.
+fn got(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => format!("{s:?}"),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(x) => x.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => d.to_string(),
+        toml::Value::Array(_) => "an array".to_owned(),
+        toml::Value::Table(_) => "a table".to_owned(),
+    }
+}
+
+fn one_of(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    match quoted.as_slice() {
+        [a, b] => format!("{a} or {b}"),
+        _ => format!("one of {}", quoted.join(", ")),
+    }
+}
+
+impl Reader {
+    fn fail<T>(&mut self, key: &'static str, message: String) -> Option<T> {
+        self.error(key, message);
+        None
+    }
+
+    fn error(&mut self, key: &'static str, message: impl Into<String>) {
+        self.errors.push(ConfigError::invalid(key, message));
+        self.bad.push(key);
+    }
+
+    fn string(&mut self, key: &'static str, v: V) -> Option<String> {
+        match v? {
+            toml::Value::String(s) => Some(s),
+            other => self.fail(key, format!("expected a string, got {}", got(&other))),
+        }
+    }
+
+    fn nonempty(&mut self, key: &'static str, v: V) -> Option<String> {
+        let s = self.string(key, v)?;
+        if s.trim().is_empty() {
+            return self.fail(key, "must not be empty".to_owned());
+        }
+        Some(s)
+    }
+
+    fn path(&mut self, key: &'static str, v: V) -> Option<PathBuf> {
+        self.nonempty(key, v).map(PathBuf::from)
+    }
+
+    fn boolean(&mut self, key: &'static str, v: V) -> Option<bool> {
+        match v? {
+            toml::Value::Boolean(b) => Some(b),
+            other => self.fail(key, format!("expected true or false, got {}", got(&other))),
+        }
+    }
+
+    fn int(
+        &mut self,
+        key: &'static str,
+        v: V,
+        what: &str,
+        range: RangeInclusive<i64>,
+    ) -> Option<i64> {
+        match v? {
+            toml::Value::Integer(i) if range.contains(&i) => Some(i),
+            other => self.fail(
+                key,
+                format!(
+                    "expected {what} {}..={}, got {}",
+                    range.start(),
+                    range.end(),
+                    got(&other)
+                ),
+            ),
+        }
+    }
+
+    fn duration(
+        &mut self,
+        key: &'static str,
+        v: V,
+        range: RangeInclusive<Duration>,
+    ) -> Option<Duration> {
+        let v = v?;
+        let d = match &v {
+            toml::Value::Integer(ms) if *ms >= 0 => Some(Duration::from_millis(*ms as u64)),
+            toml::Value::String(s) => parse_duration(s),
+            _ => None,
+        };
+        let Some(d) = d else {
+            return self.fail(
+                key,
+                format!(
+                    "expected a duration such as \"500ms\", \"32s\", \"5m\" or \"1h\" \
+                     (a bare integer is milliseconds), got {}",
+                    got(&v)
+                ),
+            );
+        };
+        if d < *range.start() {
+            let min = format_duration(*range.start());
+            return self.fail(key, format!("{} must be at least {min}", got(&v)));
+        }
+        if d > *range.end() {
+            let max = format_duration(*range.end());
+            return self.fail(key, format!("{} must be at most {max}", got(&v)));
+        }
+        Some(d)
+    }
+
+    fn choice(&mut self, key: &'static str, v: V, names: &'static [&'static str]) -> Option<usize> {
+        let v = v?;
+        if let toml::Value::String(s) = &v {
+            if let Some(i) = names.iter().position(|n| n == s) {
+                return Some(i);
+            }
+        }
+        self.fail(key, format!("expected {}, got {}", one_of(names), got(&v)))
+    }
+
+    fn shards(&mut self, key: &'static str, v: V) -> Option<Shards> {
+        let v = v?;
+        match &v {
+            toml::Value::String(s) if s == "auto" => return Some(Shards::Auto),
+            toml::Value::Integer(n) if (1..=MAX_SHARDS as i64).contains(n) => {
+                return Some(Shards::Count(*n as u16))
+            }
+            _ => {}
+        }
+        self.fail(
+            key,
+            format!(
+                "expected \"auto\" or a number 1..={MAX_SHARDS}, got {}",
+                got(&v)
+            ),
+        )
+    }
+
+    fn ip(&mut self, key: &'static str, v: V) -> Option<IpAddr> {
+        let v = v?;
+        if let toml::Value::String(s) = &v {
+            if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse() {
+                return Some(ip);
+            }
+        }
+        self.fail(
+            key,
+            format!(
+                "expected an IP address such as \"0.0.0.0\", \"::\" or \"192.0.2.10\", got {}",
+                got(&v)
+            ),
+        )
+    }
+
+    fn socket_addr(&mut self, key: &'static str, v: V) -> Option<SocketAddr> {
+        let v = v?;
+        if let toml::Value::String(s) = &v {
+            if let Ok(a) = s.parse::<SocketAddr>() {
+                if a.port() != 0 {
+                    return Some(a);
+                }
+            }
+        }
+        self.fail(
+            key,
+            format!(
+                "expected IP:port such as \"127.0.0.1:8080\" or \"[::1]:8080\", got {}",
+                got(&v)
+            ),
+        )
+    }
+
+    fn host(&mut self, key: &'static str, v: V) -> Option<String> {
+        let s = self.string(key, v)?;
+        let bare = s
+            .strip_prefix('[')
+            .and_then(|x| x.strip_suffix(']'))
+            .unwrap_or(&s);
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            if ip.is_unspecified() {
+                return self.fail(
+                    key,
+                    format!("{s:?} cannot be reached: give the public IP or host name"),
+                );
+            }
+            return Some(bare.to_owned());
+        }
+        if bare.contains(':') {
+            return self.fail(
+                key,
+                format!(
+                    "{s:?} must be a host or IP without a port (each shard appends its own port)"
+                ),
+            );
+        }
+        if valid_hostname(bare) {
+            return Some(bare.to_ascii_lowercase());
+        }
+        self.fail(
+            key,
+            format!("expected a host name or IP address such as \"sip.example.net\", got {s:?}"),
+        )
+    }
+
+    fn rate(&mut self, key: &'static str, v: V, range: RangeInclusive<i64>) -> Option<u32> {
+        let v = v?;
+        let n = match &v {
+            toml::Value::Integer(n) => Some(*n),
+            toml::Value::String(s) => s.strip_suffix("/s").and_then(|n| n.trim().parse().ok()),
+            _ => None,
+        };
+        match n {
+            Some(n) if range.contains(&n) => Some(n as u32),
+            _ => self.fail(
+                key,
+                format!(
+                    "expected REGISTERs per second {}..={} (such as 200 or \"200/s\"), got {}",
+                    range.start(),
+                    range.end(),
+                    got(&v)
+                ),
+            ),
+        }
+    }
+}
+
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Why a token is unfit, if it is.
+fn token_problem(t: &str) -> Result<(), String> {
+    if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces or control characters".to_owned());
+    }
+    if t.len() < MIN_TOKEN_LEN {
+        return Err(format!(
+            "is too short ({} characters, at least {MIN_TOKEN_LEN}): generate one with \
+             `openssl rand -hex 32`",
+            t.len()
+        ));
+    }
+    Ok(())
+}
+
+fn convert(raw: RawFile, r: &mut Reader) -> Config {
+    let d = Config::default();
+
+    let s = raw.server.unwrap_or_default();
+    let server = ServerConfig {
+        public_host: r.host("server.public_host", s.public_host),
+        bind: r.ip("server.bind", s.bind).unwrap_or(d.server.bind),
+        sip_port: r
+            .int("server.sip_port", s.sip_port, "a port", 1..=65535)
+            .map_or(d.server.sip_port, |p| p as u16),
+        shards: r
+            .shards("server.shards", s.shards)
+            .unwrap_or(d.server.shards),
+        data_dir: r
+            .path("server.data_dir", s.data_dir)
+            .unwrap_or(d.server.data_dir),
+        unregister_on_shutdown: r
+            .boolean("server.unregister_on_shutdown", s.unregister_on_shutdown)
+            .unwrap_or(d.server.unregister_on_shutdown),
+        max_message_bytes: r
+            .int(
+                "server.max_message_bytes",
+                s.max_message_bytes,
+                "a size in bytes",
+                1500..=1 << 20,
+            )
+            .map_or(d.server.max_message_bytes, |n| n as usize),
+    };
+
+    let s = raw.sip.unwrap_or_default();
+    let ms = Duration::from_millis;
+    let secs = Duration::from_secs;
+    let user_agent = r.nonempty("sip.user_agent", s.user_agent).and_then(|ua| {
+        if ua.len() > 256 || ua.chars().any(char::is_control) {
+            r.fail(
+                "sip.user_agent",
+                "must be at most 256 characters of text without control characters".to_owned(),
+            )
+        } else {
+            Some(ua)
+        }
+    });
+    let sip = SipConfig {
+        // RFC 3261 §17.1.1.1: T1 is an estimate of the RTT; 64·T1 is every
+        // transaction's timeout, so past 10 s calls would hang for minutes.
+        t1: r
+            .duration("sip.t1", s.t1, TimerConfig::MIN_T1..=secs(10))
+            .unwrap_or(d.sip.t1),
+        t2: r
+            .duration("sip.t2", s.t2, ms(1)..=secs(60))
+            .unwrap_or(d.sip.t2),
+        t4: r
+            .duration("sip.t4", s.t4, ms(1)..=secs(60))
+            .unwrap_or(d.sip.t4),
+        register_rate: r
+            .rate("sip.register_rate", s.register_rate, 1..=100_000)
+            .unwrap_or(d.sip.register_rate),
+        register_burst: r
+            .int(
+                "sip.register_burst",
+                s.register_burst,
+                "a count",
+                1..=100_000,
+            )
+            .map_or(d.sip.register_burst, |n| n as u32),
+        retry_base: r
+            .duration("sip.retry_base", s.retry_base, ms(100)..=secs(3600))
+            .unwrap_or(d.sip.retry_base),
+        retry_max: r
+            .duration("sip.retry_max", s.retry_max, ms(100)..=secs(86400))
+            .unwrap_or(d.sip.retry_max),
+        user_agent: user_agent.unwrap_or(d.sip.user_agent),
+        default_expires: r
+            .int(
+                "sip.default_expires",
+                s.default_expires,
+                "seconds",
+                60..=604_800,
+            )
+            .map_or(d.sip.default_expires, |n| n as u32),
+    };
+
+    let s = raw.store.unwrap_or_default();
+    let kind = match &s.kind {
+        Some(toml::Value::String(k)) if k == "sqlite" => r.fail(
+            "store.kind",
+            "expected \"embedded\" or \"postgres\", got \"sqlite\" (the embedded store is SQLite: \
+             write \"embedded\")"
+                .to_owned(),
+        ),
+        _ => r.choice("store.kind", s.kind, &["embedded", "postgres"]),
+    };
+    let has_url = s.url.is_some();
+    let has_path = s.path.is_some();
+    let url = r.nonempty("store.url", s.url).and_then(|u| {
+        if u.starts_with("postgres://") || u.starts_with("postgresql://") {
+            Some(u)
+        } else {
+            r.fail(
+                "store.url",
+                format!(
+                    "expected a postgres:// or postgresql:// URL, got {:?}",
+                    redact_url(&u)
+                ),
+            )
+        }
+    });
+    let path = r.path("store.path", s.path);
+    let store = match kind {
+        Some(1) => match url {
+            Some(url) => {
+                if has_path {
+                    r.error(
+                        "store.path",
+                        "only used when store.kind = \"embedded\" (store.kind is \"postgres\")"
+                            .to_owned(),
+                    );
+                }
+                StoreConfig::Postgres { url }
+            }
+            None => {
+                if !has_url {
+                    r.error(
+                        "store.url",
+                        "required when store.kind = \"postgres\" (such as \
+                         \"postgres://sipis@127.0.0.1/sipis\")"
+                            .to_owned(),
+                    );
+                }
+                StoreConfig::default()
+            }
+        },
+        _ => {
+            let wrong = r.bad.contains(&"store.kind") || r.bad.contains(&"store.url");
+            if has_url && !wrong {
+                r.error(
+                    "store.url",
+                    "only used when store.kind = \"postgres\" (store.kind is \"embedded\")"
+                        .to_owned(),
+                );
+            }
+            StoreConfig::Embedded { path }
+        }
+    };
+
+    let s = raw.admin.unwrap_or_default();
+    let both = s.token.is_some() && s.token_file.is_some();
+    let token = r.string("admin.token", s.token);
+    let token_file = r.path("admin.token_file", s.token_file);
+    let token = match (token, token_file) {
+        _ if both => {
+            r.error(
+                "admin.token_file",
+                "set admin.token or admin.token_file, not both",
+            );
+            AdminToken::None
+        }
+        (Some(t), _) => AdminToken::Inline(t),
+        (_, Some(p)) => AdminToken::File(p),
+        (None, None) => AdminToken::None,
+    };
+    let has_cert = s.tls_cert.is_some();
+    let has_key = s.tls_key.is_some();
+    let cert = r.path("admin.tls_cert", s.tls_cert);
+    let key = r.path("admin.tls_key", s.tls_key);
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        _ => {
+            if has_cert && !has_key {
+                r.error(
+                    "admin.tls_key",
+                    "required when admin.tls_cert is set".to_owned(),
+                );
+            }
+            if has_key && !has_cert {
+                r.error(
+                    "admin.tls_cert",
+                    "required when admin.tls_key is set".to_owned(),
+                );
+            }
+            None
+        }
+    };
+    let admin = AdminConfig {
+        listen: r
+            .socket_addr("admin.listen", s.listen)
+            .unwrap_or(d.admin.listen),
+        token,
+        tls,
+        max_connections: r
+            .int(
+                "admin.max_connections",
+                s.max_connections,
+                "a count",
+                1..=65_536,
+            )
+            .map_or(d.admin.max_connections, |n| n as u32),
+    };
+
+    let s = raw.log.unwrap_or_default();
+    let log = LogConfig {
+        level: r
+            .choice("log.level", s.level, LogLevel::NAMES)
+            .map_or(d.log.level, |i| LogLevel::ALL[i]),
+        format: r
+            .choice("log.format", s.format, LogFormat::NAMES)
+            .map_or(d.log.format, |i| {
+                if i == 0 {
+                    LogFormat::Text
+                } else {
+                    LogFormat::Json
+                }
+            }),
+    };
+
+    Config {
+        server,
+        sip,
+        store,
+        admin,
+        log,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// File checks
+// ---------------------------------------------------------------------------
+
+fn addresses_overlap(a: IpAddr, b: IpAddr) -> bool {
+    a == b || a.is_unspecified() || b.is_unspecified()
+}
+
+/// `dir` exists and takes a new file, or the nearest existing ancestor does
+/// (so `dir` can be created).
+fn writable_dir(dir: &Path) -> Result<(), String> {
+    let mut probe_dir = dir;
+    loop {
+        match fs::metadata(probe_dir) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) if probe_dir == dir => {
+                return Err(format!("{:?} is not a directory", dir.display()));
+            }
+            Ok(_) => {
+                return Err(format!(
+                    "{:?} cannot be created: {:?} is not a directory",
+                    dir.display(),
+                    probe_dir.display()
+                ));
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match probe_dir.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => probe_dir = p,
+                    _ => {
+                        probe_dir = Path::new(".");
+                        break;
+                    }
+                }
+            }
+            Err(e) => return Err(format!("cannot inspect {:?}: {e}", probe_dir.display())),
+        }
+    }
+    let probe = probe_dir.join(format!(".sipis-check-{}", std::process::id()));
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) if probe_dir == dir => Err(format!("{:?} is not writable: {e}", dir.display())),
+        Err(e) => Err(format!(
+            "{:?} does not exist and cannot be created ({:?} is not writable: {e})",
+            dir.display(),
+            probe_dir.display()
+        )),
+    }
+}
+
+/// A readable regular file that looks like PEM.
+fn pem_file(path: &Path) -> Result<(), String> {
+    let mut f =
+        fs::File::open(path).map_err(|e| format!("cannot read {:?}: {e}", path.display()))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("cannot read {:?}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{:?} is not a file", path.display()));
+    }
+    let mut head = Vec::new();
+    f.by_ref()
+        .take(64 * 1024)
+        .read_to_end(&mut head)
+        .map_err(|e| format!("cannot read {:?}: {e}", path.display()))?;
+    if !head.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(format!(
+            "{:?} is not PEM (no \"-----BEGIN\" line)",
+            path.display()
+        ));
+    }
+    Ok(())
+}

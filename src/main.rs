@@ -1,0 +1,120 @@
+//! `sipis`, the server binary: `serve`, `check-config` and the `account`
+//! commands (see `sipis --help`). Exit status: 0 success, 1 failure,
+//! 2 bad configuration or usage.
+
+mod cli;
+
+use clap::Parser;
+use cli::{Cli, Command};
+use sipis::config::{Config, ConfigError};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Exit status for a configuration with problems (clap uses 2 for usage
+/// errors too).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(&args.config),
+        Command::CheckConfig(args) => check_config(&args.file),
+        Command::Account(args) => match cli::account(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Loads `path` and runs the file checks; every problem is printed as
+/// `<path>: <problem>`.
+fn load_checked(path: &Path) -> Result<Config, Vec<String>> {
+    let problems: Vec<String> = match Config::load(path) {
+        Ok(config) => {
+            let problems = config.check();
+            if problems.is_empty() {
+                return Ok(config);
+            }
+            problems.iter().map(ConfigError::to_string).collect()
+        }
+        Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+    };
+    Err(problems
+        .into_iter()
+        .map(|p| format!("{}: {p}", path.display()))
+        .collect())
+}
+
+fn report(problems: &[String]) -> ExitCode {
+    let n = problems.len();
+    eprintln!(
+        "{n} problem{} in the configuration:",
+        if n == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        eprintln!("{p}");
+    }
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match load_checked(path) {
+        Ok(config) => {
+            println!("ok: {}", config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(problems) => report(&problems),
+    }
+}
+
+fn serve(path: &Path) -> ExitCode {
+    let config = match load_checked(path) {
+        Ok(c) => c,
+        Err(problems) => return report(&problems),
+    };
+    let n = config.shard_count();
+    println!(
+        "sipis {}: starting {n} shard{}: phones on {}:{} (shared by every shard, \
+         SO_REUSEPORT), upstream on ports {}..={} (shard i: sip_port + 1 + i), \
+         public host {}",
+        env!("CARGO_PKG_VERSION"),
+        if n == 1 { "" } else { "s" },
+        config.server.bind,
+        config.server.sip_port,
+        config.shard_port(0),
+        config.shard_port(n - 1),
+        config.public_host(),
+    );
+    match run_serve(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the server until SIGTERM/SIGINT (see `sipis::runtime::serve`).
+fn run_serve(config: Config) -> anyhow::Result<()> {
+    init_logging(&config);
+    sipis::runtime::serve(config)?;
+    Ok(())
+}
+
+/// `tracing` to stderr at `[log] level`, as text or JSON lines; `RUST_LOG`
+/// overrides the level for debugging.
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(config.log.level.as_str()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        sipis::config::LogFormat::Json => builder.json().try_init(),
+        sipis::config::LogFormat::Text => builder.try_init(),
+    };
+}

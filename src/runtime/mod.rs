@@ -1,0 +1,418 @@
+//! The glommio shell around the sans-IO engine: one shard per core.
+//!
+//! ```text
+//!  admin API / start-up ──Control──▶ shard i (glommio executor pinned to core i)
+//!                                      UDP socket sip_port+1+i ⇄ Engine ⇄ timer tick
+//!                                      events ──▶ EventSink (store thread)
+//! ```
+//!
+//! An account lives on shard `shard_of(id)`. The Contact it registers
+//! upstream points at that shard's own socket, so the provider's requests
+//! for it land on the core that owns it. Control messages cross threads on
+//! crossbeam channels that each shard polls every few milliseconds;
+//! nothing on the packet path takes a lock.
+
+mod memlock;
+mod router;
+mod server;
+mod shard;
+
+pub use memlock::{ensure as ensure_memlock, MemlockError};
+pub use router::Router;
+pub use server::{serve, ServeError, Server};
+
+use crate::engine::{EngineConfig, Stats};
+use crate::{AccountConfig, AccountId, RegStatus, SavedRegistration};
+use glommio::{LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Names of the registration states, in the order of
+/// [`ShardSnapshot::registrations`].
+pub const STATE_NAMES: [&str; 6] = [
+    "pending",
+    "registering",
+    "registered",
+    "retrying",
+    "failed",
+    "unregistered",
+];
+
+/// Where the shards' events go (the store thread, in production).
+pub trait EventSink: Send + Sync + 'static {
+    /// Persist an account's registration state (fire and forget: must not
+    /// block).
+    fn save_registration(&self, account: AccountId, saved: SavedRegistration);
+}
+
+/// A sink that drops everything (tests, or a store-less run).
+pub struct NullSink;
+
+impl EventSink for NullSink {
+    fn save_registration(&self, _: AccountId, _: SavedRegistration) {}
+}
+
+pub(crate) enum Control {
+    Add(AccountConfig, Option<SavedRegistration>),
+    Update(AccountConfig),
+    Remove(AccountId),
+    Status(AccountId, crossbeam_channel::Sender<Option<RegStatus>>),
+    Shutdown {
+        unregister: bool,
+        done: crossbeam_channel::Sender<()>,
+    },
+}
+
+/// What a shard last published (every second).
+#[derive(Debug, Clone, Default)]
+pub struct ShardSnapshot {
+    pub stats: Stats,
+    /// Accounts per registration state, see [`STATE_NAMES`].
+    pub registrations: [u64; 6],
+    pub accounts: u64,
+    /// Client and server transactions in flight.
+    pub transactions: (u64, u64),
+    /// REGISTER round trips in microseconds since the shard started.
+    pub register_latency: Option<hdrhistogram::Histogram<u64>>,
+    /// Shared-port datagrams forwarded to their owner, and dropped.
+    pub forwarded: u64,
+    pub forward_dropped: u64,
+}
+
+pub(crate) struct ShardMetrics {
+    pub alive: AtomicBool,
+    /// Shared-port datagrams sent on to their owning shard.
+    pub forwarded: std::sync::atomic::AtomicU64,
+    /// ... and dropped because the owner's queue was full.
+    pub forward_dropped: std::sync::atomic::AtomicU64,
+    pub snapshot: Mutex<ShardSnapshot>,
+}
+
+/// How to start the shards.
+#[derive(Debug, Clone)]
+pub struct ShardSettings {
+    pub count: usize,
+    /// Address the shard sockets bind to.
+    pub bind: IpAddr,
+    /// Shard `i` listens on `base_port + i`.
+    pub base_port: u16,
+    /// The public phone port every shard also listens on (SO_REUSEPORT);
+    /// `None` for none.
+    pub shared_port: Option<u16>,
+    /// Engine configuration of each shard (its `via`/`contact_host` must
+    /// name that shard's port).
+    pub engines: Vec<EngineConfig>,
+    /// Pin shard `i` to CPU `i % cores`.
+    pub pin: bool,
+    /// Locked I/O memory per executor (glommio's io_memory).
+    pub io_memory: usize,
+    /// Socket receive/send buffer size asked of the kernel.
+    pub socket_buffer: usize,
+}
+
+/// Why the shards could not start.
+#[derive(Debug)]
+pub enum RuntimeError {
+    Memlock(MemlockError),
+    /// Binding a shard socket failed.
+    Bind(SocketAddr, std::io::Error),
+    /// glommio could not create an executor (io_uring unavailable?).
+    Executor(usize, String),
+    Config(String),
+}
+
+impl fmt::Display for RuntimeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuntimeError::Memlock(e) => e.fmt(f),
+            RuntimeError::Bind(a, e) => write!(f, "cannot bind UDP {a}: {e}"),
+            RuntimeError::Executor(i, e) => write!(f, "cannot start shard {i} (io_uring): {e}"),
+            RuntimeError::Config(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for RuntimeError {}
+
+struct ShardHandle {
+    control: crossbeam_channel::Sender<Control>,
+    metrics: Arc<ShardMetrics>,
+    addr: SocketAddr,
+    join: Option<glommio::ExecutorJoinHandle<()>>,
+}
+
+/// The running shards.
+pub struct Shards {
+    shards: Vec<ShardHandle>,
+    router: Arc<Router>,
+    shared: Option<SocketAddr>,
+}
+
+impl Shards {
+    /// Binds every shard's socket, then starts one executor per shard.
+    pub fn start(
+        settings: ShardSettings,
+        sink: Arc<dyn EventSink>,
+    ) -> Result<Shards, RuntimeError> {
+        if settings.count == 0 || settings.engines.len() != settings.count {
+            return Err(RuntimeError::Config(
+                "one engine configuration per shard".into(),
+            ));
+        }
+        ensure_memlock(settings.io_memory as u64 * settings.count as u64 + (1 << 20))
+            .map_err(RuntimeError::Memlock)?;
+        let cpus = allowed_cpus();
+        let router = Arc::new(Router::new(settings.count, settings.base_port));
+        let mesh = (settings.count > 1)
+            .then(|| glommio::channels::channel_mesh::MeshBuilder::full(settings.count, 4096));
+        let mut shared_addr = None;
+        let mut shards = Vec::with_capacity(settings.count);
+        for (i, engine) in settings.engines.into_iter().enumerate() {
+            let port = settings.base_port.checked_add(i as u16).ok_or_else(|| {
+                RuntimeError::Config(format!(
+                    "shard {i}: port {} + {i} exceeds 65535",
+                    settings.base_port
+                ))
+            })?;
+            let addr = SocketAddr::new(settings.bind, port);
+            let socket =
+                bind_udp(addr, settings.socket_buffer).map_err(|e| RuntimeError::Bind(addr, e))?;
+            let addr = socket
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .unwrap_or(addr);
+            let shared = match settings.shared_port {
+                None => None,
+                Some(p) => {
+                    // Port 0: the first shard's bind picks one, the others join it.
+                    let a = shared_addr.unwrap_or(SocketAddr::new(settings.bind, p));
+                    let s = bind_udp_shared(a, settings.socket_buffer)
+                        .map_err(|e| RuntimeError::Bind(a, e))?;
+                    shared_addr = s.local_addr().ok().and_then(|a| a.as_socket()).or(Some(a));
+                    Some(s)
+                }
+            };
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let metrics = Arc::new(ShardMetrics {
+                alive: AtomicBool::new(false),
+                forwarded: Default::default(),
+                forward_dropped: Default::default(),
+                snapshot: Mutex::new(ShardSnapshot::default()),
+            });
+            let placement = if settings.pin && !cpus.is_empty() {
+                Placement::Fixed(cpus[i % cpus.len()])
+            } else {
+                Placement::Unbound
+            };
+            let ctx = shard::ShardCtx {
+                id: i,
+                socket,
+                shared,
+                mesh: mesh.clone(),
+                router: router.clone(),
+                engine,
+                control: rx,
+                sink: sink.clone(),
+                metrics: metrics.clone(),
+            };
+            let join = LocalExecutorBuilder::new(placement)
+                .name(&format!("sipis-shard-{i}"))
+                .io_memory(settings.io_memory)
+                .spawn(move || shard::run(ctx))
+                .map_err(|e| RuntimeError::Executor(i, e.to_string()))?;
+            shards.push(ShardHandle {
+                control: tx,
+                metrics,
+                addr,
+                join: Some(join),
+            });
+        }
+        Ok(Shards {
+            shards,
+            router,
+            shared: shared_addr,
+        })
+    }
+
+    /// The shared phone port's address, if any.
+    pub fn shared_addr(&self) -> Option<SocketAddr> {
+        self.shared
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty()
+    }
+
+    /// The UDP address shard `i` listens on.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.shards[i].addr
+    }
+
+    /// The shard that owns an account: a multiplicative hash of its id, so
+    /// sequential ids spread evenly.
+    pub fn shard_of(&self, id: AccountId) -> usize {
+        shard_of(id, self.shards.len())
+    }
+
+    fn send(&self, id: AccountId, c: Control) {
+        // A shard that stopped has dropped its receiver; nothing to do.
+        let _ = self.shards[self.shard_of(id)].control.send(c);
+    }
+
+    pub fn add_account(&self, cfg: AccountConfig, saved: Option<SavedRegistration>) {
+        self.router.insert(&cfg);
+        self.send(cfg.id, Control::Add(cfg, saved));
+    }
+
+    pub fn update_account(&self, cfg: AccountConfig) {
+        self.router.insert(&cfg);
+        self.send(cfg.id, Control::Update(cfg));
+    }
+
+    pub fn remove_account(&self, id: AccountId) {
+        self.router.remove(id);
+        self.send(id, Control::Remove(id));
+    }
+
+    /// The registration state of an account, asked of its shard.
+    pub fn status(&self, id: AccountId, timeout: Duration) -> Option<RegStatus> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(id, Control::Status(id, tx));
+        rx.recv_timeout(timeout).ok().flatten()
+    }
+
+    /// The states of many accounts: every query is sent first, then the
+    /// answers collected, so a page costs one shard tick, not one per account.
+    pub fn statuses(
+        &self,
+        ids: impl Iterator<Item = AccountId>,
+        timeout: Duration,
+    ) -> std::collections::HashMap<AccountId, RegStatus> {
+        let pending: Vec<_> = ids
+            .map(|id| {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                self.send(id, Control::Status(id, tx));
+                (id, rx)
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + timeout;
+        pending
+            .into_iter()
+            .filter_map(|(id, rx)| {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                rx.recv_timeout(left).ok().flatten().map(|s| (id, s))
+            })
+            .collect()
+    }
+
+    /// The latest snapshot of every shard, and whether it is alive.
+    pub fn snapshots(&self) -> Vec<(bool, ShardSnapshot)> {
+        self.shards
+            .iter()
+            .map(|s| {
+                let alive = s.metrics.alive.load(std::sync::atomic::Ordering::Acquire);
+                let mut snap = s
+                    .metrics
+                    .snapshot
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                snap.forwarded = s
+                    .metrics
+                    .forwarded
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                snap.forward_dropped = s
+                    .metrics
+                    .forward_dropped
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                (alive, snap)
+            })
+            .collect()
+    }
+
+    /// Stops every shard (optionally unregistering its accounts first) and
+    /// waits for them, at most `timeout`.
+    pub fn shutdown(mut self, unregister: bool, timeout: Duration) {
+        let mut waits = Vec::new();
+        for s in &self.shards {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if s.control
+                .send(Control::Shutdown {
+                    unregister,
+                    done: tx,
+                })
+                .is_ok()
+            {
+                waits.push(rx);
+            }
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        for rx in waits {
+            let _ = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
+        }
+        for s in &mut self.shards {
+            if let Some(j) = s.join.take() {
+                let _ = j.join();
+            }
+        }
+    }
+}
+
+/// The shard of an account among `n`.
+pub fn shard_of(id: AccountId, n: usize) -> usize {
+    // Fibonacci hashing: consecutive ids land on different shards.
+    ((id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % n.max(1) as u64) as usize
+}
+
+/// The CPU ids this process may run on (taskset, cgroups, isolcpus and
+/// systemd's CPUAffinity all narrow it), in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// The shared phone port: SO_REUSEPORT so every shard binds it and the
+/// kernel spreads phones over the shards.
+fn bind_udp_shared(addr: SocketAddr, buffer: usize) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max
+    // (tuning/network.md).
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}

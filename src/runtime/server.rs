@@ -1,0 +1,634 @@
+//! `sipis serve`: configuration → store → shards → admin API, and the
+//! operator-facing view of it all ([`AdminApi`]).
+
+use super::{EventSink, RuntimeError, ShardSettings, Shards, STATE_NAMES};
+use crate::config::{AdminToken, Config, StoreConfig};
+use crate::http::{
+    AccountUpdate, AccountView, AdminApi, AdminServer, ApiError, DeviceRequest, DeviceView, Health,
+    NewAccountRequest, StatusView,
+};
+use crate::metrics::{counter, gauge, summary_from_histogram};
+use crate::parser::{Host, Scheme, Uri};
+use crate::store::{
+    new_token, parse_accounts_csv, AccountRecord, PgOptions, PostgresStore, SqliteStore, Store,
+    StoreHandle, StoreThread,
+};
+use crate::{AccountConfig, AccountId, Registrar, SavedRegistration};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Why `serve` stopped or could not start.
+#[derive(Debug)]
+pub enum ServeError {
+    Store(String),
+    Runtime(RuntimeError),
+    Admin(String),
+}
+
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServeError::Store(e) => write!(f, "store: {e}"),
+            ServeError::Runtime(e) => e.fmt(f),
+            ServeError::Admin(e) => write!(f, "admin API: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+impl EventSink for StoreHandle {
+    fn save_registration(&self, account: AccountId, saved: SavedRegistration) {
+        StoreHandle::save_registration(self, account, saved);
+    }
+}
+
+/// A running sipis.
+pub struct Server {
+    core: Arc<Core>,
+    admin: Option<AdminServer>,
+}
+
+/// What the admin API needs: the store, the shards, the resolver cache.
+struct Core {
+    store: StoreHandle,
+    shards: Shards,
+    started: Instant,
+    /// Registrar hosts already resolved: `(host, port)` → address.
+    resolved: Mutex<HashMap<(String, u16), SocketAddr>>,
+    /// Accounts whose registrar could not be resolved, with the reason.
+    unresolved: Mutex<HashMap<AccountId, String>>,
+}
+
+/// Runs sipis until SIGTERM or SIGINT.
+pub fn serve(cfg: Config) -> Result<(), ServeError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| ServeError::Admin(e.to_string()))?;
+    }
+    let unregister = cfg.server.unregister_on_shutdown;
+    let server = Server::start(&cfg)?;
+    tracing::info!(
+        shards = server.core.shards.len(),
+        admin = ?server.admin_addr(),
+        "sipis running"
+    );
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::info!(unregister, "shutting down");
+    server.stop(unregister);
+    Ok(())
+}
+
+impl Server {
+    /// Opens the store, starts the shards, loads every account and starts
+    /// the admin API.
+    pub fn start(cfg: &Config) -> Result<Server, ServeError> {
+        let backend: Box<dyn Store> = match &cfg.store {
+            StoreConfig::Embedded { .. } => {
+                let path = cfg
+                    .embedded_db_path()
+                    .ok_or_else(|| ServeError::Store("no embedded database path".into()))?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        ServeError::Store(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+                Box::new(SqliteStore::open(&path).map_err(|e| ServeError::Store(e.to_string()))?)
+            }
+            StoreConfig::Postgres { url } => Box::new(
+                PostgresStore::connect(url, PgOptions::default())
+                    .map_err(|e| ServeError::Store(e.to_string()))?,
+            ),
+        };
+        let mut backend = backend;
+        backend
+            .migrate()
+            .map_err(|e| ServeError::Store(e.to_string()))?;
+        let store = StoreThread::spawn(backend);
+
+        let n = cfg.shard_count();
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).map_err(|e| ServeError::Admin(e.to_string()))?;
+        let seed = u64::from_le_bytes(seed);
+        let engines = (0..n)
+            .map(|i| {
+                let mut e = cfg.engine_config(i);
+                e.seed = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                e
+            })
+            .collect();
+        let shards = Shards::start(
+            ShardSettings {
+                count: n,
+                bind: cfg.server.bind,
+                base_port: cfg.shard_port(0),
+                shared_port: Some(cfg.server.sip_port),
+                engines,
+                pin: true,
+                io_memory: 2 << 20,
+                socket_buffer: 4 << 20,
+            },
+            Arc::new(store.clone()),
+        )
+        .map_err(ServeError::Runtime)?;
+        let core = Arc::new(Core {
+            store,
+            shards,
+            started: Instant::now(),
+            resolved: Mutex::new(HashMap::new()),
+            unresolved: Mutex::new(HashMap::new()),
+        });
+        core.load_accounts()?;
+
+        let token = match &cfg.admin.token {
+            AdminToken::None => None,
+            _ => cfg
+                .admin_token()
+                .map_err(|e| ServeError::Admin(e.to_string()))?,
+        };
+        let mut admin_cfg = crate::http::AdminConfig::new(cfg.admin.listen);
+        admin_cfg.token = token;
+        admin_cfg.max_connections = cfg.admin.max_connections as usize;
+        admin_cfg.tls = cfg.admin.tls.as_ref().map(|t| crate::http::TlsFiles {
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        });
+        let admin = AdminServer::start(admin_cfg, core.clone())
+            .map_err(|e| ServeError::Admin(e.to_string()))?;
+        Ok(Server {
+            core,
+            admin: Some(admin),
+        })
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.local_addr())
+    }
+
+    /// The UDP address of shard `i`.
+    pub fn shard_addr(&self, i: usize) -> SocketAddr {
+        self.core.shards.addr(i)
+    }
+
+    /// Stops the admin API, then the shards (unregistering their accounts
+    /// if asked), then flushes the store.
+    pub fn stop(mut self, unregister: bool) {
+        if let Some(a) = self.admin.take() {
+            a.shutdown();
+        }
+        match Arc::try_unwrap(self.core) {
+            Ok(core) => {
+                core.shards.shutdown(unregister, Duration::from_secs(10));
+                let _ = core.store.shutdown(Duration::from_secs(10));
+            }
+            Err(core) => {
+                let _ = core.store.flush();
+            }
+        }
+    }
+}
+
+impl Core {
+    fn load_accounts(&self) -> Result<(), ServeError> {
+        let saved: HashMap<AccountId, SavedRegistration> = self
+            .store
+            .call(|s| s.load_registrations())
+            .map_err(|e| ServeError::Store(e.to_string()))?
+            .into_iter()
+            .collect();
+        let mut after = 0;
+        let mut loaded = 0usize;
+        loop {
+            let page = self
+                .store
+                .call(move |s| s.list_accounts(after, 1000))
+                .map_err(|e| ServeError::Store(e.to_string()))?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            for rec in page {
+                if rec.enabled {
+                    self.activate(&rec, saved.get(&rec.id).cloned());
+                    loaded += 1;
+                }
+            }
+        }
+        tracing::info!(accounts = loaded, "accounts loaded");
+        Ok(())
+    }
+
+    /// Hands an account to its shard (resolving its registrar first).
+    fn activate(&self, rec: &AccountRecord, saved: Option<SavedRegistration>) {
+        match self.engine_account(rec) {
+            Ok(cfg) => {
+                self.unresolved
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&rec.id);
+                self.shards.add_account(cfg, saved);
+            }
+            Err(e) => {
+                tracing::warn!(account = rec.id, error = %e, "account not started");
+                self.unresolved
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(rec.id, e);
+            }
+        }
+    }
+
+    fn engine_account(&self, rec: &AccountRecord) -> Result<AccountConfig, String> {
+        let registrar = match &rec.registrar {
+            None => None,
+            Some(uri) => {
+                // Requests go to the outbound proxy when there is one.
+                let target = rec.outbound_proxy.as_deref().unwrap_or(uri);
+                Some(Registrar {
+                    uri: uri.clone(),
+                    addr: self.resolve(target)?,
+                    outbound_proxy: rec.outbound_proxy.clone(),
+                })
+            }
+        };
+        Ok(AccountConfig {
+            id: rec.id,
+            aor: rec.aor.clone(),
+            auth_user: rec.auth_user.clone(),
+            secret: rec.secret.clone(),
+            registrar,
+            expires: rec.expires,
+            token: rec.token.clone(),
+        })
+    }
+
+    /// `sip:host[:port]` → address. IP literals directly, names through
+    /// the system resolver (A/AAAA; no SRV/NAPTR), cached per host.
+    fn resolve(&self, uri: &str) -> Result<SocketAddr, String> {
+        let u = Uri::parse(uri.as_bytes()).map_err(|e| format!("registrar {uri:?}: {e}"))?;
+        let default_port = if u.scheme == Scheme::Sips { 5061 } else { 5060 };
+        let port = u.port.unwrap_or(default_port);
+        let host = match u.host {
+            Host::V4(a) => return Ok(SocketAddr::from((a, port))),
+            Host::V6(a) => return Ok(SocketAddr::from((a, port))),
+            Host::Domain(d) => d.to_ascii_lowercase(),
+            Host::Absent => return Err(format!("registrar {uri:?} has no host")),
+        };
+        let key = (host, port);
+        if let Some(a) = self
+            .resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(*a);
+        }
+        let addr = (key.0.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve registrar host {}: {e}", key.0))?
+            .next()
+            .ok_or_else(|| format!("registrar host {} has no address", key.0))?;
+        self.resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, addr);
+        Ok(addr)
+    }
+
+    fn status_of(&self, rec: &AccountRecord) -> StatusView {
+        if !rec.enabled {
+            return StatusView::disabled();
+        }
+        if let Some(e) = self
+            .unresolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&rec.id)
+        {
+            let mut v = StatusView::from_reg(
+                &crate::RegStatus::Failed {
+                    error: crate::RegError::TransportError,
+                },
+                Instant::now(),
+            );
+            v.last_error = Some(e.clone());
+            return v;
+        }
+        match self.shards.status(rec.id, Duration::from_secs(2)) {
+            Some(s) => StatusView::from_reg(&s, Instant::now()),
+            None => StatusView::pending(),
+        }
+    }
+
+    fn view(&self, rec: &AccountRecord) -> AccountView {
+        AccountView::from_record(rec, self.status_of(rec))
+    }
+
+    fn get(&self, id: AccountId) -> Result<AccountRecord, ApiError> {
+        self.store
+            .call(move |s| s.get_account(id))?
+            .ok_or_else(|| ApiError::not_found(format!("no account {id}")))
+    }
+}
+
+impl AdminApi for Core {
+    fn create_account(&self, new: NewAccountRequest) -> Result<AccountView, ApiError> {
+        let new = new
+            .into_new_account(new_token())
+            .ok_or_else(|| ApiError::bad_request("exactly one of password or ha1 is required"))?;
+        let rec = self.store.call(move |s| s.create_account(&new))?;
+        if rec.enabled {
+            self.activate(&rec, None);
+        }
+        Ok(AccountView::from_record(
+            &rec,
+            if rec.enabled {
+                StatusView::pending()
+            } else {
+                StatusView::disabled()
+            },
+        ))
+    }
+
+    fn update_account(
+        &self,
+        id: AccountId,
+        update: AccountUpdate,
+    ) -> Result<AccountView, ApiError> {
+        let mut rec = self.get(id)?;
+        update.apply(&mut rec);
+        let stored = rec.clone();
+        self.store.call(move |s| s.update_account(&stored))?;
+        if rec.enabled {
+            match self.engine_account(&rec) {
+                Ok(cfg) => {
+                    self.unresolved
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    self.shards.update_account(cfg);
+                }
+                Err(e) => {
+                    self.shards.remove_account(id);
+                    self.unresolved
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id, e);
+                }
+            }
+        } else {
+            self.shards.remove_account(id);
+        }
+        Ok(self.view(&rec))
+    }
+
+    fn delete_account(&self, id: AccountId) -> Result<(), ApiError> {
+        if !self.store.call(move |s| s.delete_account(id))? {
+            return Err(ApiError::not_found(format!("no account {id}")));
+        }
+        self.shards.remove_account(id);
+        self.unresolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        Ok(())
+    }
+
+    fn get_account(&self, id: AccountId) -> Result<AccountView, ApiError> {
+        let rec = self.get(id)?;
+        Ok(self.view(&rec))
+    }
+
+    fn list_accounts(&self, after: AccountId, limit: usize) -> Result<Vec<AccountView>, ApiError> {
+        let page = self.store.call(move |s| s.list_accounts(after, limit))?;
+        let statuses = self.shards.statuses(
+            page.iter().filter(|r| r.enabled).map(|r| r.id),
+            Duration::from_secs(2),
+        );
+        Ok(page
+            .iter()
+            .map(|rec| {
+                let status = match statuses.get(&rec.id) {
+                    Some(s) if rec.enabled => StatusView::from_reg(s, Instant::now()),
+                    _ => self.status_of(rec),
+                };
+                AccountView::from_record(rec, status)
+            })
+            .collect())
+    }
+
+    fn import_accounts(&self, csv: &[u8]) -> Result<usize, ApiError> {
+        let new =
+            parse_accounts_csv(csv, new_token).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let n = new.len();
+        let recs = self.store.call(move |s| s.create_accounts(&new))?;
+        for rec in recs.iter().filter(|r| r.enabled) {
+            self.activate(rec, None);
+        }
+        Ok(n)
+    }
+
+    fn put_device(
+        &self,
+        id: AccountId,
+        device: &str,
+        req: DeviceRequest,
+    ) -> Result<DeviceView, ApiError> {
+        self.get(id)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let rec = req.into_record(id, device, now);
+        let stored = rec.clone();
+        self.store.call(move |s| s.put_device(&stored))?;
+        Ok(DeviceView::from(&rec))
+    }
+
+    fn delete_device(&self, id: AccountId, device: &str) -> Result<(), ApiError> {
+        let device = device.to_string();
+        if !self.store.call(move |s| s.delete_device(id, &device))? {
+            return Err(ApiError::not_found("no such device"));
+        }
+        Ok(())
+    }
+
+    fn list_devices(&self, id: AccountId) -> Result<Vec<DeviceView>, ApiError> {
+        self.get(id)?;
+        let devs = self.store.call(move |s| s.list_devices(id))?;
+        Ok(devs.iter().map(DeviceView::from).collect())
+    }
+
+    fn health(&self) -> Health {
+        let snaps = self.shards.snapshots();
+        let alive = snaps.iter().filter(|(a, _)| *a).count();
+        let store_available = self.store.available();
+        Health {
+            ok: alive == snaps.len() && store_available,
+            shards_alive: alive,
+            shards_total: snaps.len(),
+            store_available,
+            uptime_secs: self.started.elapsed().as_secs(),
+        }
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        let snaps = self.shards.snapshots();
+        let sum =
+            |f: &dyn Fn(&super::ShardSnapshot) -> u64| snaps.iter().map(|(_, s)| f(s)).sum::<u64>();
+        gauge(
+            out,
+            "sipis_shards_alive",
+            "Shards running.",
+            &[],
+            snaps.iter().filter(|(a, _)| *a).count() as u64,
+        );
+        gauge(
+            out,
+            "sipis_accounts",
+            "Accounts loaded on the shards.",
+            &[],
+            sum(&|s| s.accounts),
+        );
+        // One family, one sample per state (HELP/TYPE written once).
+        out.push_str("# HELP sipis_registrations Accounts by registration state.\n# TYPE sipis_registrations gauge\n");
+        for (i, name) in STATE_NAMES.iter().enumerate() {
+            use std::fmt::Write;
+            let _ = writeln!(
+                out,
+                "sipis_registrations{{state=\"{name}\"}} {}",
+                sum(&|s| s.registrations[i])
+            );
+        }
+        counter(
+            out,
+            "sipis_datagrams_total",
+            "SIP messages received.",
+            &[],
+            sum(&|s| s.stats.datagrams),
+        );
+        counter(
+            out,
+            "sipis_parse_errors_total",
+            "Messages that failed to parse or validate.",
+            &[],
+            sum(&|s| s.stats.parse_errors),
+        );
+        counter(
+            out,
+            "sipis_register_sent_total",
+            "REGISTER requests sent upstream.",
+            &[],
+            sum(&|s| s.stats.registers_sent),
+        );
+        counter(
+            out,
+            "sipis_register_ok_total",
+            "REGISTERs answered 2xx.",
+            &[],
+            sum(&|s| s.stats.register_ok),
+        );
+        counter(
+            out,
+            "sipis_register_failed_total",
+            "REGISTER attempts that failed.",
+            &[],
+            sum(&|s| s.stats.register_failed),
+        );
+        counter(
+            out,
+            "sipis_client_tx_timeouts_total",
+            "Client transactions that timed out.",
+            &[],
+            sum(&|s| s.stats.client_tx_timeouts),
+        );
+        counter(
+            out,
+            "sipis_server_tx_total",
+            "Server transactions created.",
+            &[],
+            sum(&|s| s.stats.server_tx),
+        );
+        counter(
+            out,
+            "sipis_stray_responses_total",
+            "Responses matching no transaction.",
+            &[],
+            sum(&|s| s.stats.stray_responses),
+        );
+        counter(
+            out,
+            "sipis_shared_port_forwarded_total",
+            "Phone-port datagrams forwarded to their owning shard.",
+            &[],
+            sum(&|s| s.forwarded),
+        );
+        counter(
+            out,
+            "sipis_shared_port_dropped_total",
+            "Phone-port datagrams dropped: owner queue full.",
+            &[],
+            sum(&|s| s.forward_dropped),
+        );
+        gauge(
+            out,
+            "sipis_client_transactions",
+            "Client transactions in flight.",
+            &[],
+            sum(&|s| s.transactions.0),
+        );
+        gauge(
+            out,
+            "sipis_server_transactions",
+            "Server transactions in flight.",
+            &[],
+            sum(&|s| s.transactions.1),
+        );
+        let mut merged: Option<hdrhistogram::Histogram<u64>> = None;
+        for (_, s) in &snaps {
+            if let Some(h) = &s.register_latency {
+                match &mut merged {
+                    Some(m) => {
+                        let _ = m.add(h);
+                    }
+                    None => merged = Some(h.clone()),
+                }
+            }
+        }
+        if let Some(h) = merged {
+            summary_from_histogram(
+                out,
+                "sipis_register_latency_seconds",
+                "REGISTER sent to final response.",
+                &[],
+                &h,
+                1e-6,
+            );
+        }
+        gauge(
+            out,
+            "sipis_store_available",
+            "1 if the database answers.",
+            &[],
+            u64::from(self.store.available()),
+        );
+        gauge(
+            out,
+            "sipis_store_pending_saves",
+            "Registration states waiting to be written.",
+            &[],
+            self.store.pending_saves() as u64,
+        );
+        counter(
+            out,
+            "sipis_store_failed_writes_total",
+            "Writes that failed and will be retried.",
+            &[],
+            self.store.failed_writes(),
+        );
+    }
+}

@@ -1,0 +1,743 @@
+//! The configuration file: defaults, the documented example, and that every
+//! wrong value is reported with its key.
+
+use sipis::config::{
+    format_duration, parse_duration, AdminToken, Config, ConfigError, LogFormat, LogLevel, Shards,
+    StoreConfig, TlsFiles,
+};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+const EXAMPLE: &str = include_str!("../tuning/sipis.toml");
+/// A valid minimal file: everything else defaults.
+const MINIMAL: &str = "[server]\npublic_host = \"sip.example.net\"\n";
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_str(text)
+}
+
+/// Every problem of a bad file, as displayed.
+fn problems(text: &str) -> Vec<String> {
+    match parse(text) {
+        Ok(c) => panic!("expected errors, parsed {c:?}"),
+        Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+fn one_problem(text: &str) -> String {
+    let p = problems(text);
+    assert_eq!(p.len(), 1, "expected one problem, got {p:#?}");
+    p.into_iter().next().unwrap()
+}
+
+fn with_minimal(extra: &str) -> String {
+    format!("{MINIMAL}{extra}")
+}
+
+/// A fresh directory under the system temp dir (removed by the caller).
+fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "sipis-config-test-{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn toml_path(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+// --- defaults and the example -------------------------------------------
+
+#[test]
+fn example_file_parses_to_the_defaults() {
+    let parsed = parse(EXAMPLE).expect("tuning/sipis.toml is valid");
+    // public_host is the one key without a default (bind is 0.0.0.0).
+    let mut expected = Config::default();
+    expected.server.public_host = Some("sip.example.net".into());
+    assert_eq!(parsed, expected);
+}
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let c = Config::default();
+    assert_eq!(c.server.bind, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    assert_eq!(c.server.sip_port, 5060);
+    assert_eq!(c.server.shards, Shards::Auto);
+    assert_eq!(c.server.data_dir, PathBuf::from("/var/lib/sipis"));
+    assert!(!c.server.unregister_on_shutdown);
+    assert_eq!(c.server.max_message_bytes, 65535);
+    assert_eq!(c.sip.t1, Duration::from_millis(500));
+    assert_eq!(c.sip.t2, Duration::from_secs(4));
+    assert_eq!(c.sip.t4, Duration::from_secs(5));
+    assert_eq!((c.sip.register_rate, c.sip.register_burst), (200, 10));
+    assert_eq!(c.sip.retry_base, Duration::from_secs(2));
+    assert_eq!(c.sip.retry_max, Duration::from_secs(300));
+    assert_eq!(
+        c.sip.user_agent,
+        format!("sipis/{}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(c.sip.default_expires, 3600);
+    assert_eq!(c.store, StoreConfig::Embedded { path: None });
+    assert_eq!(c.admin.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.admin.token, AdminToken::None);
+    assert_eq!(c.admin.tls, None);
+    assert_eq!(c.admin.max_connections, 64);
+    assert_eq!(c.log.level, LogLevel::Info);
+    assert_eq!(c.log.format, LogFormat::Text);
+    assert_eq!(
+        c.embedded_db_path(),
+        Some(PathBuf::from("/var/lib/sipis/sipis.db"))
+    );
+}
+
+#[test]
+fn example_file_documents_every_key() {
+    let keys = Config::known_keys();
+    assert!(keys.len() >= 27, "{keys:?}");
+    let mut section = String::new();
+    let mut documented = Vec::new();
+    for line in EXAMPLE.lines() {
+        let line = line.trim();
+        if let Some(s) = line.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            section = s.to_owned();
+            continue;
+        }
+        // `key = value`, possibly commented out (no default to set).
+        let l = line.trim_start_matches('#').trim();
+        if let Some((k, _)) = l.split_once(" = ") {
+            if k.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                documented.push(format!("{section}.{k}"));
+            }
+        }
+    }
+    for k in &keys {
+        assert!(
+            documented.contains(k),
+            "{k} is missing from tuning/sipis.toml"
+        );
+    }
+    for k in &documented {
+        assert!(
+            keys.contains(k),
+            "tuning/sipis.toml documents unknown key {k}"
+        );
+    }
+}
+
+#[test]
+fn example_file_with_its_commented_keys_set_is_valid() {
+    // The commented-out lines are real syntax: uncomment the store path and
+    // the user agent and the file must still parse.
+    let text = EXAMPLE
+        .replace("# user_agent = ", "user_agent = ")
+        .replace("# path = ", "path = ");
+    let c = parse(&text).unwrap();
+    assert_eq!(
+        c.store,
+        StoreConfig::Embedded {
+            path: Some("/var/lib/sipis/sipis.db".into())
+        }
+    );
+    assert_eq!(c.sip.user_agent, "sipis/0.1.0");
+}
+
+#[test]
+fn empty_file_needs_public_host_when_binding_every_interface() {
+    let p = one_problem("");
+    assert!(
+        p.starts_with("server.public_host: required when server.bind is \"0.0.0.0\""),
+        "{p}"
+    );
+}
+
+#[test]
+fn specific_bind_is_the_public_host_by_default() {
+    let c = parse("[server]\nbind = \"192.0.2.10\"\n").unwrap();
+    assert_eq!(c.server.public_host, None);
+    assert_eq!(c.public_host(), "192.0.2.10");
+    assert_eq!(c.engine_config(0).via, "192.0.2.10:5061");
+}
+
+// --- messages name the key ----------------------------------------------
+
+#[test]
+fn zero_t1_names_key_and_minimum() {
+    assert_eq!(
+        one_problem(&with_minimal("[sip]\nt1 = \"0ms\"\n")),
+        "sip.t1: \"0ms\" must be at least 1ms"
+    );
+}
+
+#[test]
+fn bad_shards_names_key_and_choices() {
+    assert_eq!(
+        one_problem(&with_minimal("shards = \"many\"\n")),
+        "server.shards: expected \"auto\" or a number 1..=256, got \"many\""
+    );
+    assert_eq!(
+        one_problem(&with_minimal("shards = 0\n")),
+        "server.shards: expected \"auto\" or a number 1..=256, got 0"
+    );
+    assert_eq!(
+        one_problem(&with_minimal("shards = 257\n")),
+        "server.shards: expected \"auto\" or a number 1..=256, got 257"
+    );
+}
+
+#[test]
+fn postgres_without_url_names_store_url() {
+    let p = one_problem(&with_minimal("[store]\nkind = \"postgres\"\n"));
+    assert!(
+        p.starts_with("store.url: required when store.kind = \"postgres\""),
+        "{p}"
+    );
+}
+
+#[test]
+fn typo_in_key_suggests_the_real_one() {
+    assert_eq!(
+        one_problem(&with_minimal("[sip]\nregsiter_rate = 100\n")),
+        "unknown key \"regsiter_rate\" in [sip] (did you mean \"register_rate\"?)"
+    );
+    assert_eq!(
+        one_problem(&with_minimal("shard = 4\n")),
+        "unknown key \"shard\" in [server] (did you mean \"shards\"?)"
+    );
+}
+
+#[test]
+fn typo_in_section_suggests_the_real_one() {
+    assert_eq!(
+        one_problem(&with_minimal("[admn]\nlisten = \"127.0.0.1:9000\"\n")),
+        "unknown section [admn] (did you mean [admin]?)"
+    );
+    let p = one_problem(&with_minimal("[tls]\ncert = \"x\"\n"));
+    assert!(
+        p.starts_with("unknown section [tls] (sections: [server], [sip]"),
+        "{p}"
+    );
+}
+
+#[test]
+fn key_in_the_wrong_section_says_where_it_belongs() {
+    assert_eq!(
+        one_problem(&with_minimal("t1 = \"1s\"\n")),
+        "unknown key \"t1\" in [server] (it belongs in [sip])"
+    );
+    let p = one_problem(&format!("sip_port = 5070\n{MINIMAL}"));
+    assert_eq!(
+        p,
+        "unknown key \"sip_port\" at the top level (it belongs in [server])"
+    );
+}
+
+#[test]
+fn unknown_key_error_carries_its_dotted_key() {
+    let e = parse(&with_minimal("[log]\nlevle = \"debug\"\n")).unwrap_err();
+    assert_eq!(e.key().as_deref(), Some("log.levle"));
+    assert!(e.to_string().contains("did you mean \"level\"?"), "{e}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = "\
+[server]
+public_host = \"sip.example.net\"
+sip_port = 70000
+shards = \"many\"
+
+[sip]
+registar = \"sip:x\"
+t1 = \"fast\"
+register_burst = 0
+
+[log]
+level = \"verbose\"
+";
+    let e = parse(text).unwrap_err();
+    let keys: Vec<String> = e.problems().iter().filter_map(|p| p.key()).collect();
+    assert_eq!(
+        keys,
+        [
+            "sip.registar",
+            "server.sip_port",
+            "server.shards",
+            "sip.t1",
+            "sip.register_burst",
+            "log.level"
+        ]
+    );
+    let all = e.to_string();
+    assert_eq!(all.lines().count(), 6, "{all}");
+    assert!(all.contains("server.sip_port: expected a port 1..=65535, got 70000"));
+    assert!(all.contains(
+        "sip.t1: expected a duration such as \"500ms\", \"32s\", \"5m\" or \"1h\" \
+         (a bare integer is milliseconds), got \"fast\""
+    ));
+    assert!(all.contains("sip.register_burst: expected a count 1..=100000, got 0"));
+    assert!(all.contains(
+        "log.level: expected one of \"trace\", \"debug\", \"info\", \"warn\", \"error\", got \"verbose\""
+    ));
+}
+
+#[test]
+fn wrong_types_name_the_key() {
+    assert_eq!(
+        one_problem(&with_minimal("sip_port = \"5060\"\n")),
+        "server.sip_port: expected a port 1..=65535, got \"5060\""
+    );
+    assert_eq!(
+        one_problem(&with_minimal("unregister_on_shutdown = \"yes\"\n")),
+        "server.unregister_on_shutdown: expected true or false, got \"yes\""
+    );
+    assert_eq!(
+        one_problem(&with_minimal("data_dir = 5\n")),
+        "server.data_dir: expected a string, got 5"
+    );
+    assert_eq!(
+        one_problem(&with_minimal("[log]\nformat = \"xml\"\n")),
+        "log.format: expected \"text\" or \"json\", got \"xml\""
+    );
+    assert_eq!(
+        one_problem(&format!("sip = 5\n{MINIMAL}")),
+        "sip: expected a section [sip], got 5"
+    );
+}
+
+#[test]
+fn syntax_errors_give_the_line() {
+    let e = parse("[server]\npublic_host = \n").unwrap_err();
+    assert!(matches!(e, ConfigError::Syntax(_)), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.starts_with("not valid TOML"), "{msg}");
+    assert!(msg.contains("line 2"), "{msg}");
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let e = Config::load("/nonexistent/sipis.toml").unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }));
+    assert!(
+        e.to_string()
+            .starts_with("cannot read /nonexistent/sipis.toml: "),
+        "{e}"
+    );
+}
+
+// --- durations ----------------------------------------------------------
+
+#[test]
+fn durations_accept_units_sums_and_milliseconds() {
+    assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+    assert_eq!(parse_duration("32s"), Some(Duration::from_secs(32)));
+    assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+    assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+    assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+    assert_eq!(parse_duration("1h 30m"), Some(Duration::from_secs(5400)));
+    for bad in [
+        "",
+        "500",
+        "ms",
+        "5 parsecs",
+        "-1s",
+        "1.5s",
+        "99999999999999999999h",
+    ] {
+        assert_eq!(parse_duration(bad), None, "{bad:?}");
+    }
+    let c = parse(&with_minimal(
+        "[sip]\nt1 = 750\nretry_base = \"1m30s\"\nretry_max = \"1h\"\n",
+    ))
+    .unwrap();
+    assert_eq!(c.sip.t1, Duration::from_millis(750));
+    assert_eq!(c.sip.retry_base, Duration::from_secs(90));
+    assert_eq!(c.sip.retry_max, Duration::from_secs(3600));
+}
+
+#[test]
+fn durations_format_back_to_the_short_form() {
+    for (d, s) in [
+        (Duration::from_millis(500), "500ms"),
+        (Duration::from_millis(1500), "1500ms"),
+        (Duration::from_secs(32), "32s"),
+        (Duration::from_secs(300), "5m"),
+        (Duration::from_secs(3600), "1h"),
+        (Duration::ZERO, "0ms"),
+    ] {
+        assert_eq!(format_duration(d), s);
+        assert_eq!(parse_duration(s), Some(d));
+    }
+}
+
+#[test]
+fn duration_ranges_are_checked() {
+    assert_eq!(
+        one_problem(&with_minimal("[sip]\nt1 = \"1m\"\n")),
+        "sip.t1: \"1m\" must be at most 10s"
+    );
+    assert_eq!(
+        one_problem(&with_minimal("[sip]\nretry_base = 10\n")),
+        "sip.retry_base: 10 must be at least 100ms"
+    );
+}
+
+// --- keys that go together ----------------------------------------------
+
+#[test]
+fn t2_below_t1_is_refused() {
+    assert_eq!(
+        one_problem(&with_minimal("[sip]\nt1 = \"5s\"\nt2 = \"1s\"\n")),
+        "sip.t2: \"1s\" must be at least sip.t1 (5s)"
+    );
+    // A t1 that is itself wrong is reported once, without a made-up t2 error.
+    assert_eq!(
+        problems(&with_minimal("[sip]\nt1 = \"1h\"\nt2 = \"1s\"\n")),
+        ["sip.t1: \"1h\" must be at most 10s"]
+    );
+}
+
+#[test]
+fn retry_max_below_retry_base_is_refused() {
+    assert_eq!(
+        one_problem(&with_minimal(
+            "[sip]\nretry_base = \"1m\"\nretry_max = \"30s\"\n"
+        )),
+        "sip.retry_max: \"30s\" must be at least sip.retry_base (1m)"
+    );
+}
+
+#[test]
+fn shard_ports_must_fit_below_65536() {
+    let p = one_problem(&with_minimal("sip_port = 65530\nshards = 8\n"));
+    assert_eq!(
+        p,
+        "server.sip_port: 65530 leaves no room for 8 shard ports (shard i listens on \
+         sip_port + 1 + i, at most 65535)"
+    );
+    assert!(parse(&with_minimal("sip_port = 65527\nshards = 8\n")).is_ok());
+}
+
+#[test]
+fn admin_port_may_not_be_a_sip_port() {
+    let p = one_problem(&with_minimal(
+        "shards = 2\n[admin]\nlisten = \"127.0.0.1:5062\"\n",
+    ));
+    assert_eq!(p, "admin.listen: port 5062 is shard 1's SIP port");
+    let p = one_problem(&with_minimal("[admin]\nlisten = \"127.0.0.1:5060\"\n"));
+    assert_eq!(
+        p,
+        "admin.listen: port 5060 is the phones' SIP port (server.sip_port)"
+    );
+    // Different addresses do not collide.
+    let ok = "[server]\nbind = \"192.0.2.10\"\nshards = 2\n[admin]\nlisten = \"127.0.0.1:5061\"\n";
+    assert!(parse(ok).is_ok());
+}
+
+#[test]
+fn admin_token_rules() {
+    let token = "0123456789abcdef0123";
+    // Neither: fine on loopback, refused elsewhere.
+    assert!(parse(MINIMAL).is_ok());
+    let p = one_problem(&with_minimal("[admin]\nlisten = \"0.0.0.0:8080\"\n"));
+    assert!(
+        p.starts_with("admin.token: required (or admin.token_file) when admin.listen is not loopback (\"0.0.0.0:8080\")"),
+        "{p}"
+    );
+    let c = parse(&with_minimal(&format!(
+        "[admin]\nlisten = \"0.0.0.0:8080\"\ntoken = \"{token}\"\n"
+    )))
+    .unwrap();
+    assert_eq!(c.admin.token, AdminToken::Inline(token.into()));
+    assert_eq!(c.admin_token().unwrap().as_deref(), Some(token));
+    assert_eq!(c.admin_url(), "http://127.0.0.1:8080");
+    // Both.
+    assert_eq!(
+        one_problem(&with_minimal(&format!(
+            "[admin]\ntoken = \"{token}\"\ntoken_file = \"/etc/sipis/token\"\n"
+        ))),
+        "admin.token_file: set admin.token or admin.token_file, not both"
+    );
+    // Too short, and the message does not echo the secret.
+    let p = one_problem(&with_minimal("[admin]\ntoken = \"hunter2\"\n"));
+    assert!(
+        p.starts_with("admin.token: is too short (7 characters, at least 16)"),
+        "{p}"
+    );
+    assert!(!p.contains("hunter2"));
+    // Debug output never shows it either.
+    let c = parse(&with_minimal(&format!("[admin]\ntoken = \"{token}\"\n"))).unwrap();
+    assert!(!format!("{c:?}").contains(token));
+}
+
+#[test]
+fn tls_files_come_in_pairs() {
+    assert_eq!(
+        one_problem(&with_minimal(
+            "[admin]\ntls_cert = \"/etc/sipis/cert.pem\"\n"
+        )),
+        "admin.tls_key: required when admin.tls_cert is set"
+    );
+    assert_eq!(
+        one_problem(&with_minimal("[admin]\ntls_key = \"/etc/sipis/key.pem\"\n")),
+        "admin.tls_cert: required when admin.tls_key is set"
+    );
+    let c = parse(&with_minimal(
+        "[admin]\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\nlisten = \"[::]:8443\"\ntoken = \"0123456789abcdef\"\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.admin.tls,
+        Some(TlsFiles {
+            cert: "/c.pem".into(),
+            key: "/k.pem".into()
+        })
+    );
+    assert_eq!(c.admin_url(), "https://[::1]:8443");
+}
+
+#[test]
+fn store_keys_match_the_kind() {
+    let c = parse(&with_minimal(
+        "[store]\nkind = \"postgres\"\nurl = \"postgres://sipis:secret@db.example/sipis\"\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.store,
+        StoreConfig::Postgres {
+            url: "postgres://sipis:secret@db.example/sipis".into()
+        }
+    );
+    assert_eq!(c.embedded_db_path(), None);
+    assert!(!format!("{c:?}").contains("secret"));
+    assert!(!c.summary().contains("secret"));
+    assert!(c
+        .summary()
+        .contains("postgres://sipis:***@db.example/sipis"));
+
+    assert_eq!(
+        one_problem(&with_minimal("[store]\nurl = \"postgres://db/sipis\"\n")),
+        "store.url: only used when store.kind = \"postgres\" (store.kind is \"embedded\")"
+    );
+    assert_eq!(
+        one_problem(&with_minimal(
+            "[store]\nkind = \"postgres\"\nurl = \"postgres://db/sipis\"\npath = \"/x.db\"\n"
+        )),
+        "store.path: only used when store.kind = \"embedded\" (store.kind is \"postgres\")"
+    );
+    assert_eq!(
+        one_problem(&with_minimal(
+            "[store]\nkind = \"postgres\"\nurl = \"mysql://u:pw@db/sipis\"\n"
+        )),
+        "store.url: expected a postgres:// or postgresql:// URL, got \"mysql://u:***@db/sipis\""
+    );
+    let p = one_problem(&with_minimal("[store]\nkind = \"sqlite\"\n"));
+    assert!(
+        p.starts_with("store.kind: expected \"embedded\" or \"postgres\", got \"sqlite\""),
+        "{p}"
+    );
+    let c = parse(&with_minimal("[store]\npath = \"/srv/sipis.db\"\n")).unwrap();
+    assert_eq!(c.embedded_db_path(), Some(PathBuf::from("/srv/sipis.db")));
+}
+
+#[test]
+fn public_host_is_a_host_without_port() {
+    let p = one_problem("[server]\npublic_host = \"sip.example.net:5060\"\n");
+    assert!(
+        p.starts_with(
+            "server.public_host: \"sip.example.net:5060\" must be a host or IP without a port"
+        ),
+        "{p}"
+    );
+    let p = one_problem("[server]\npublic_host = \"sip_example\"\n");
+    assert!(
+        p.starts_with("server.public_host: expected a host name or IP address"),
+        "{p}"
+    );
+    let p = one_problem("[server]\npublic_host = \"0.0.0.0\"\n");
+    assert!(p.contains("cannot be reached"), "{p}");
+    let c = parse("[server]\npublic_host = \"[2001:db8::1]\"\n").unwrap();
+    assert_eq!(c.public_host(), "2001:db8::1");
+    assert_eq!(c.engine_config(2).contact_host, "[2001:db8::1]:5063");
+}
+
+#[test]
+fn bad_addresses_name_the_key() {
+    let p = one_problem("[server]\npublic_host = \"h\"\nbind = \"localhost\"\n");
+    assert!(p.starts_with("server.bind: expected an IP address"), "{p}");
+    let p = one_problem(&with_minimal("[admin]\nlisten = \"127.0.0.1\"\n"));
+    assert!(p.starts_with("admin.listen: expected IP:port"), "{p}");
+}
+
+#[test]
+fn register_rate_takes_a_number_or_per_second_string() {
+    let c = parse(&with_minimal("[sip]\nregister_rate = \"50/s\"\n")).unwrap();
+    assert_eq!(c.sip.register_rate, 50);
+    let p = one_problem(&with_minimal("[sip]\nregister_rate = 0\n"));
+    assert!(
+        p.starts_with("sip.register_rate: expected REGISTERs per second 1..=100000"),
+        "{p}"
+    );
+}
+
+// --- conversions used by the runtime ------------------------------------
+
+#[test]
+fn engine_config_carries_the_sip_section_and_shard_address() {
+    let c = parse(
+        "[server]\npublic_host = \"sip.example.net\"\nsip_port = 6000\nshards = 4\n\
+         [sip]\nt1 = \"250ms\"\nt2 = \"2s\"\nt4 = \"3s\"\nregister_rate = 50\nregister_burst = 5\n\
+         retry_base = \"1s\"\nretry_max = \"2m\"\nuser_agent = \"acme/1\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.shard_count(), 4);
+    assert_eq!(c.shard_port(0), 6001);
+    assert_eq!(c.shard_port(3), 6004);
+    let e = c.engine_config(3);
+    assert_eq!(e.via, "sip.example.net:6004");
+    assert_eq!(e.contact_host, "sip.example.net:6004");
+    assert_eq!(e.timers.t1, Duration::from_millis(250));
+    assert_eq!(e.timers.t2, Duration::from_secs(2));
+    assert_eq!(e.timers.t4, Duration::from_secs(3));
+    assert_eq!((e.register_rate, e.register_burst), (50, 5));
+    assert_eq!(e.registration.retry_base, Duration::from_secs(1));
+    assert_eq!(e.registration.retry_max, Duration::from_secs(120));
+    assert_eq!(e.registration.user_agent, "acme/1");
+    // The seed is the caller's business.
+    assert_eq!(e.seed, sipis::EngineConfig::default().seed);
+}
+
+#[test]
+fn auto_shards_follow_the_cores() {
+    let c = parse(MINIMAL).unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(c.shard_count(), cores.min(256));
+    let s = c.summary();
+    assert!(
+        s.starts_with(&format!("{} shards (auto)", c.shard_count())),
+        "{s}"
+    );
+    assert!(s.contains("phones on 0.0.0.0:5060"), "{s}");
+    assert!(
+        s.contains(&format!(
+            "upstream 0.0.0.0:5061..={}",
+            5060 + c.shard_count()
+        )),
+        "{s}"
+    );
+}
+
+#[test]
+fn validate_applies_cross_key_checks_to_built_configs() {
+    let mut c = Config::default();
+    assert_eq!(
+        c.validate().unwrap_err().key().as_deref(),
+        Some("server.public_host")
+    );
+    c.server.public_host = Some("sip.example.net".into());
+    assert!(c.validate().is_ok());
+    c.sip.t2 = Duration::from_millis(100);
+    assert_eq!(c.validate().unwrap_err().key().as_deref(), Some("sip.t2"));
+}
+
+// --- file checks ------------------------------------------------------------
+
+#[test]
+fn check_accepts_a_creatable_data_dir_and_readable_files() {
+    let dir = temp_dir("ok");
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    std::fs::write(dir.join("cert.pem"), pem).unwrap();
+    std::fs::write(
+        dir.join("key.pem"),
+        pem.replace("CERTIFICATE", "PRIVATE KEY"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("token"), "  0123456789abcdef0123\n").unwrap();
+    let text = format!(
+        "[server]\npublic_host = \"h.example\"\ndata_dir = {}\n\
+         [admin]\ntls_cert = {}\ntls_key = {}\ntoken_file = {}\n",
+        toml_path(&dir.join("not/yet/there")),
+        toml_path(&dir.join("cert.pem")),
+        toml_path(&dir.join("key.pem")),
+        toml_path(&dir.join("token")),
+    );
+    let c = parse(&text).unwrap();
+    let problems = c.check();
+    assert!(problems.is_empty(), "{problems:?}");
+    // Nothing was created, and the probe file is gone.
+    assert!(!dir.join("not").exists());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3);
+    assert_eq!(
+        c.admin_token().unwrap().as_deref(),
+        Some("0123456789abcdef0123")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn check_reports_every_unusable_file_by_key() {
+    let dir = temp_dir("bad");
+    std::fs::write(dir.join("a-file"), "x").unwrap();
+    std::fs::write(dir.join("not-pem"), "hello").unwrap();
+    std::fs::write(dir.join("short-token"), "abc\n").unwrap();
+    let text = format!(
+        "[server]\npublic_host = \"h.example\"\ndata_dir = {}\n\
+         [store]\npath = {}\n\
+         [admin]\ntls_cert = {}\ntls_key = {}\ntoken_file = {}\n",
+        toml_path(&dir.join("a-file/data")),
+        toml_path(&dir),
+        toml_path(&dir.join("missing.pem")),
+        toml_path(&dir.join("not-pem")),
+        toml_path(&dir.join("short-token")),
+    );
+    let c = parse(&text).unwrap();
+    let problems: Vec<String> = c.check().iter().map(|p| p.to_string()).collect();
+    let keys: Vec<&str> = problems
+        .iter()
+        .map(|p| p.split(':').next().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "server.data_dir",
+            "store.path",
+            "admin.tls_cert",
+            "admin.tls_key",
+            "admin.token_file"
+        ],
+        "{problems:#?}"
+    );
+    assert!(
+        problems[0].contains("cannot be created")
+            && problems[0].contains("a-file\" is not a directory"),
+        "{}",
+        problems[0]
+    );
+    assert!(problems[1].contains("is a directory"), "{}", problems[1]);
+    assert!(
+        problems[2].contains("cannot read") && problems[2].contains("missing.pem"),
+        "{}",
+        problems[2]
+    );
+    assert!(problems[3].contains("is not PEM"), "{}", problems[3]);
+    assert!(problems[4].contains("too short"), "{}", problems[4]);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let c = parse(&format!(
+        "{MINIMAL}[admin]\ntoken_file = \"/nonexistent/token\"\n"
+    ))
+    .unwrap();
+    let e = c.admin_token().unwrap_err();
+    assert_eq!(e.key().as_deref(), Some("admin.token_file"));
+    assert!(
+        e.to_string().contains("cannot read \"/nonexistent/token\""),
+        "{e}"
+    );
+}
