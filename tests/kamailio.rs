@@ -515,6 +515,24 @@ impl Mark {
     }
 }
 
+/// sipis's CPU time between two marks, per thread.
+fn by_thread(m0: &Mark, m1: &Mark) -> String {
+    let threads: Vec<String> = m1
+        .sipis
+        .1
+        .iter()
+        .map(|(name, t)| {
+            (
+                name,
+                t.saturating_sub(m0.sipis.1.get(name).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|(_, t)| *t > 0)
+        .map(|(name, t)| format!("{name} {:.2} s", secs(t)))
+        .collect();
+    threads.join(", ")
+}
+
 /// Prints what the wave between two marks cost.
 fn print_wave(what: &str, m0: &Mark, m1: &Mark) {
     let seconds = m1.at.duration_since(m0.at).as_secs_f64();
@@ -534,20 +552,7 @@ fn print_wave(what: &str, m0: &Mark, m1: &Mark) {
         per(kam),
         per(sip),
     );
-    let threads: Vec<String> = m1
-        .sipis
-        .1
-        .iter()
-        .map(|(name, t)| {
-            (
-                name,
-                t.saturating_sub(m0.sipis.1.get(name).copied().unwrap_or(0)),
-            )
-        })
-        .filter(|(_, t)| *t > 0)
-        .map(|(name, t)| format!("{name} {:.2} s", secs(t)))
-        .collect();
-    eprintln!("  sipis CPU by thread: {}", threads.join(", "));
+    eprintln!("  sipis CPU by thread: {}", by_thread(m0, m1));
 }
 
 /// A sample of a Prometheus text exposition (summed over its labels).
@@ -800,10 +805,11 @@ level = "warn"
     let idle1 = Mark::take(&mut kam, Some(sipis.cpu()));
     let idle_s = idle1.at.duration_since(idle0.at).as_secs_f64();
     eprintln!(
-        "idle for {idle_s:.1} s ({} REGISTERs): sipis CPU {:.2} s = {:.1}% of a core",
+        "idle for {idle_s:.1} s ({} REGISTERs): sipis CPU {:.2} s = {:.1}% of a core ({})",
         idle1.registers - idle0.registers,
         secs(idle1.sipis.0 - idle0.sipis.0),
-        secs(idle1.sipis.0 - idle0.sipis.0) * 100.0 / idle_s
+        secs(idle1.sipis.0 - idle0.sipis.0) * 100.0 / idle_s,
+        by_thread(&idle0, &idle1),
     );
 
     // ---- 3. restart sipis: same Call-IDs, higher CSeqs, no duplicates --------
