@@ -53,6 +53,7 @@ pub(super) async fn run(ctx: ShardCtx) {
     let sock = Rc::new(Sockets {
         own: UdpSocket::from(socket),
         shared: shared.map(UdpSocket::from),
+        spare: RefCell::new(Vec::new()),
     });
     let engine = Rc::new(RefCell::new(Engine::new(engine, Instant::now())));
     let mut tasks = Vec::new();
@@ -154,12 +155,16 @@ pub(super) async fn run(ctx: ShardCtx) {
     }
 }
 
-/// This shard's sockets.
+/// This shard's sockets, and the buffers its tasks reuse between flushes.
 struct Sockets {
     /// Its own port (upstream traffic).
     own: UdpSocket,
     /// The shared phone port.
     shared: Option<UdpSocket>,
+    /// Spare transmit lists. Several tasks of the shard may be flushing at
+    /// once (they interleave at each send), so this is a pool rather than
+    /// one buffer; in steady state a flush allocates nothing.
+    spare: RefCell<Vec<Vec<crate::engine::Transmit>>>,
 }
 
 /// The shared phone port: handle what this shard owns, forward the rest
@@ -232,25 +237,23 @@ async fn recv_loop(
 /// sink. Sends are awaited one by one; io_uring batches the submissions of
 /// one executor tick.
 async fn flush(engine: &RefCell<Engine>, sock: &Sockets, sink: &dyn EventSink) {
-    let (out, events) = {
+    let mut out = sock.spare.borrow_mut().pop().unwrap_or_default();
+    {
         let mut e = engine.borrow_mut();
-        let mut out = Vec::new();
         while let Some(t) = e.poll_transmit() {
             out.push(t);
         }
-        let mut events = Vec::new();
+        // Events are handed on at once: the sink never blocks.
         while let Some(ev) = e.poll_event() {
-            events.push(ev);
-        }
-        (out, events)
-    };
-    for ev in events {
-        match ev {
-            Event::SaveRegistration { account, saved } => sink.save_registration(account, saved),
-            Event::Registration { .. } | Event::ParseError { .. } => {}
+            match ev {
+                Event::SaveRegistration { account, saved } => {
+                    sink.save_registration(account, saved)
+                }
+                Event::Registration { .. } | Event::ParseError { .. } => {}
+            }
         }
     }
-    for t in out {
+    for t in out.drain(..) {
         let via = match t.flow {
             Flow::Udp => &sock.own,
             Flow::SharedUdp => sock.shared.as_ref().unwrap_or(&sock.own),
@@ -264,6 +267,7 @@ async fn flush(engine: &RefCell<Engine>, sock: &Sockets, sink: &dyn EventSink) {
                 .handle_transport_error(Instant::now(), t.dest);
         }
     }
+    sock.spare.borrow_mut().push(out);
 }
 
 fn publish(engine: &Engine, m: &ShardMetrics) {

@@ -131,8 +131,9 @@ impl Kamailio {
             // Debian's default allocator is a slow debugging one.
             .args(["-x", "tlsf", "-X", "tlsf"])
             // Shared 256 MB; private 128 MB per process: the jsonrpcs process
-            // builds the whole ul.dump reply (10 000 bindings, ~9 MB of
-            // JSON) in private memory.
+            // builds the whole ul.dump reply (10 000 bindings: a JSON tree
+            // and ~9 MB of text) in private memory, which -M 32 only just
+            // holds. Pages are only touched when used.
             .args(["-m", "256", "-M", "128"])
             .args(["-n", "2"])
             .current_dir(&dir)
