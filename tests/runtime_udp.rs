@@ -22,7 +22,11 @@ struct LiveRegistrar {
 
 impl LiveRegistrar {
     fn start(users: u64) -> LiveRegistrar {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0", users)
+    }
+
+    fn start_on(bind: &str, users: u64) -> LiveRegistrar {
+        let sock = UdpSocket::bind(bind).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();
         let addr = sock.local_addr().unwrap();
@@ -65,16 +69,20 @@ impl Drop for LiveRegistrar {
 }
 
 fn free_base_port(n: u16) -> u16 {
-    // Find n consecutive free UDP ports on loopback.
+    free_base_port_on("127.0.0.1", n)
+}
+
+/// Finds `n` consecutive free UDP ports on `ip`.
+fn free_base_port_on(ip: &str, n: u16) -> u16 {
     'outer: for _ in 0..50 {
-        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let probe = UdpSocket::bind((ip, 0)).unwrap();
         let base = probe.local_addr().unwrap().port();
         drop(probe);
         if base > 65535 - n {
             continue;
         }
         for p in base..base + n {
-            if UdpSocket::bind(("127.0.0.1", p)).is_err() {
+            if UdpSocket::bind((ip, p)).is_err() {
                 continue 'outer;
             }
         }
@@ -84,9 +92,18 @@ fn free_base_port(n: u16) -> u16 {
 }
 
 fn start_shards(n: usize, base: u16) -> Shards {
+    start_shards_on("127.0.0.1", n, base)
+}
+
+fn start_shards_on(ip: &str, n: usize, base: u16) -> Shards {
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
     let engines = (0..n)
         .map(|i| {
-            let hp = format!("127.0.0.1:{}", base + i as u16);
+            let hp = format!("{host}:{}", base + i as u16);
             EngineConfig {
                 via: hp.clone(),
                 contact_host: hp,
@@ -99,7 +116,7 @@ fn start_shards(n: usize, base: u16) -> Shards {
     Shards::start(
         ShardSettings {
             count: n,
-            bind: "127.0.0.1".parse().unwrap(),
+            bind: ip.parse().unwrap(),
             base_port: base,
             shared_port: Some(0),
             engines,
@@ -288,5 +305,31 @@ fn shared_phone_port_forwards_each_request_to_the_shard_that_owns_its_account() 
         "no datagram needed forwarding: the test proves nothing"
     );
     assert_eq!(snaps.iter().map(|(_, s)| s.forward_dropped).sum::<u64>(), 0);
+    shards.shutdown(false, Duration::from_secs(5));
+}
+
+#[test]
+fn shards_register_over_ipv6() {
+    let registrar = LiveRegistrar::start_on("[::1]:0", 10);
+    let base = free_base_port_on("::1", 2);
+    let shards = start_shards_on("::1", 2, base);
+    for id in 1..=10 {
+        shards.add_account(account(id, registrar.addr), None);
+    }
+    wait_for("10 IPv6 bindings", Duration::from_secs(20), || {
+        let r = registrar.inner.lock().unwrap();
+        (1..=10).all(|id| {
+            r.live(&format!("sip:user{id}@provider.test"), Instant::now())
+                .len()
+                == 1
+        })
+    });
+    let r = registrar.inner.lock().unwrap();
+    let b = &r.live("sip:user3@provider.test", Instant::now())[0];
+    assert_eq!(
+        b.contact,
+        format!("sip:tok3@[::1]:{}", base + shard_of(3, 2) as u16)
+    );
+    drop(r);
     shards.shutdown(false, Duration::from_secs(5));
 }
