@@ -5,14 +5,19 @@
 //! with a push when a call arrives, and relays the call to it.
 //!
 //! ```text
-//!  UDP / TCP / TLS bytes
-//!        │  sipis_parser::frame / parse     zero-copy, no allocation
-//!        ▼
-//!  engine (sans-IO)                          handle_*(now, ...) inputs
-//!     timer wheel · transactions · digest    poll_*() outputs
-//!     registrations · pending calls · relay
-//!        ▼
-//!  runtime (glommio shard per core)          sockets, clock, channels
+//!  provider ──UDP──▶ shard i socket (sip_port+1+i)     phones ──UDP──▶ shared sip_port
+//!                          │                                 │ (SO_REUSEPORT; runtime::Router
+//!                          │                                 │  forwards to the owner over the mesh)
+//!                          ▼                                 ▼
+//!  runtime: one glommio executor per core ─ feeds bytes + now into ─┐
+//!                                                                   ▼
+//!  engine (sans-IO): sipis_parser::parse → transactions → registrations
+//!                    timer wheel · digest        outputs: poll_transmit / poll_event
+//!                          │ events                         │
+//!                          ▼                                ▼
+//!  store thread (SQLite | PostgreSQL)            sockets (io_uring)
+//!       ▲
+//!  admin API (http) ── provisioning ──▶ runtime::Shards (control channels)
 //! ```
 //!
 //! Modules:
@@ -27,6 +32,13 @@
 //!   before expiry, back-off, 423, persisted Call-ID/CSeq.
 //! - `engine::digest` — SIP digest authentication, client and server
 //!   ([`digest`]).
+//! - [`runtime`] — glommio shards, their sockets and control channels, the
+//!   shared-port router, `serve`.
+//! - [`store`] — durable state: SQLite and PostgreSQL backends behind one
+//!   trait, the store thread shards talk to, CSV import.
+//! - [`http`] — the admin API (provisioning, health, metrics) on httparse.
+//! - [`metrics`] — Prometheus text exposition helpers.
+//! - [`config`] — the TOML configuration and its checks.
 
 pub mod config;
 mod engine;

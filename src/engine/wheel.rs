@@ -61,7 +61,7 @@
 //!
 //! # Maximum delay
 //!
-//! A deadline more than [`MAX_DELAY_TICKS`] = 63 × 2^30 ticks after the wheel's
+//! A deadline more than `MAX_DELAY_TICKS` = 63 × 2^30 ticks after the wheel's
 //! current tick (≈ 782.9 days at 1 ms) is clamped to that delay: the timer fires
 //! early relative to what was asked, at the maximum. It is 63 blocks rather
 //! than 64 so that the level-5 ring never wraps onto the block being walked.
@@ -197,7 +197,7 @@ impl Level {
 
 /// A hierarchical timer wheel holding timers with payload `T`.
 ///
-/// See the [module documentation](self) for the levels, the rounding rules and
+/// See the module documentation (`src/engine/wheel.rs`) for the levels, the rounding rules and
 /// how the engine drives it.
 pub struct TimerWheel<T> {
     start: Instant,
@@ -232,7 +232,7 @@ impl<T> TimerWheel<T> {
 
     /// An empty wheel with an explicit tick length.
     ///
-    /// A coarser tick stretches every level (and [`MAX_DELAY_TICKS`]) and makes
+    /// A coarser tick stretches every level (and `MAX_DELAY_TICKS`) and makes
     /// timers up to one tick later; a finer one costs more cascades per timer.
     ///
     /// # Panics
@@ -290,7 +290,7 @@ impl<T> TimerWheel<T> {
     /// `value`. `O(1)`; allocates only when the slab is full.
     ///
     /// A deadline already past fires on the next poll; one beyond
-    /// [`MAX_DELAY_TICKS`] is clamped to it.
+    /// `MAX_DELAY_TICKS` is clamped to it.
     ///
     /// # Panics
     ///
