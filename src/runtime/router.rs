@@ -8,7 +8,7 @@
 //! lock-free map (papaya), never a lock on the packet path.
 
 use super::shard_of;
-use crate::parser::{parse, Uri, EMPTY_HEADER};
+use crate::parser::{parse, Message, Uri, EMPTY_HEADER};
 use crate::{AccountConfig, AccountId};
 
 /// The routing keys of one account: its token key and AOR key.
@@ -63,6 +63,10 @@ impl Router {
     pub fn account_of(&self, data: &[u8]) -> Option<AccountId> {
         let mut h = [EMPTY_HEADER; 64];
         let msg = parse(data, &mut h).ok()?;
+        self.account_of_msg(&msg)
+    }
+
+    fn account_of_msg(&self, msg: &Message<'_, '_>) -> Option<AccountId> {
         if !msg.is_request() {
             return None;
         }
@@ -79,14 +83,15 @@ impl Router {
     /// The shard that should handle a datagram from the shared port:
     /// requests go to their account's shard, responses to the shard whose
     /// Via (its own port) they carry. `None`: handle it where it landed.
+    /// The message is parsed once here; its owner parses it again, as the
+    /// bytes cross threads and the parse borrows them.
     pub fn owner(&self, data: &[u8]) -> Option<usize> {
-        if let Some(id) = self.account_of(data) {
-            return Some(shard_of(id, self.shards));
-        }
         let mut h = [EMPTY_HEADER; 64];
         let msg = parse(data, &mut h).ok()?;
         if msg.is_request() {
-            return None;
+            return self
+                .account_of_msg(&msg)
+                .map(|id| shard_of(id, self.shards));
         }
         let port = msg.top_via().ok()?.port?;
         let i = port.checked_sub(self.base_port)? as usize;
