@@ -44,9 +44,11 @@ pub mod config;
 mod engine;
 pub mod http;
 pub mod metrics;
+pub mod push;
 pub mod runtime;
 pub mod store;
 
+pub use engine::call::CallConfig;
 pub use engine::registration::{
     AccountConfig, AccountId, AccountSecret, RegError, RegStatus, Registrar, RegistrationConfig,
     SavedRegistration,

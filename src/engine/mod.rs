@@ -25,6 +25,7 @@
 //! Modules: `wheel` (timers), `transaction` (RFC 3261 §17), `digest`
 //! (RFC 7616/8760), `registration` (registration on behalf), `rng`.
 
+pub(crate) mod call;
 pub(crate) mod digest;
 pub(crate) mod registration;
 pub(crate) mod rng;

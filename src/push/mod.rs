@@ -1,0 +1,194 @@
+//! Push: the unified push protocol between sipis and its mediator.
+//!
+//! A shard's engine emits a [`PushRequest`] (`Engine::poll_push`); the push
+//! client (`client`) posts it as JSON over HTTP/1.1 keep-alive to the
+//! mediator (`POST <push.mediator_url>`), which turns it into an APNs or
+//! FCM request (`mediator`) and answers with a [`PushAnswer`]. The
+//! client hands the outcome back to the engine as a [`PushOutcome`]
+//! (`Engine::handle_push_result`).
+//!
+//! The JSON (documented in README.md, "Push protocol"):
+//!
+//! ```json
+//! {"id":"a1b2c3d4e5f60718","kind":"incoming_call","account":42,
+//!  "device":{"id":"iphone","platform":"apns","token":"<pn-prid>",
+//!            "topic":"com.example.phone.voip","environment":"production"},
+//!  "call":{"call_id":"3848276298220188511@pbx","caller_uri":"sip:bob@example.com",
+//!          "caller_name":"Bob","callee":"sip:alice@example.com"},
+//!  "timestamp_ms":1763800000123}
+//! ```
+//!
+//! answered `200 OK` with
+//!
+//! ```json
+//! {"id":"a1b2c3d4e5f60718","result":"sent","platform_id":"<apns-id>"}
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// Why a push is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushKind {
+    /// A call is waiting: wake the app (APNs VoIP push, FCM high-priority data).
+    IncomingCall,
+    /// The call the last `incoming_call` announced ended before the app
+    /// connected (non-VoIP devices; collapsed on the call id).
+    CallCancelled,
+    /// Nobody answered: a visible notification (APNs alert, FCM data).
+    MissedCall,
+}
+
+impl PushKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushKind::IncomingCall => "incoming_call",
+            PushKind::CallCancelled => "call_cancelled",
+            PushKind::MissedCall => "missed_call",
+        }
+    }
+}
+
+/// Push service of a device (RFC 8599 `pn-provider`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Platform {
+    Apns,
+    Fcm,
+}
+
+impl Platform {
+    /// The `pn-provider` value, `None` for a provider sipis cannot push to.
+    pub fn from_provider(provider: &str) -> Option<Platform> {
+        if provider.eq_ignore_ascii_case("apns") {
+            Some(Platform::Apns)
+        } else if provider.eq_ignore_ascii_case("fcm") {
+            Some(Platform::Fcm)
+        } else {
+            None
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Apns => "apns",
+            Platform::Fcm => "fcm",
+        }
+    }
+}
+
+/// APNs environment of a device token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Environment {
+    #[default]
+    Production,
+    Sandbox,
+}
+
+/// The device a push goes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushDevice {
+    /// The device's name within its account.
+    pub id: String,
+    pub platform: Platform,
+    /// The push token (`pn-prid`).
+    pub token: String,
+    /// APNs: the topic (`<bundle>.voip` for VoIP pushes, taken from
+    /// `pn-param` = `<TeamID>.<bundle>.voip`). FCM: the project id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// APNs only; the mediator tries the other one on `BadDeviceToken`.
+    #[serde(default)]
+    pub environment: Environment,
+}
+
+/// The call a push is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushCall {
+    /// The Call-ID of the INVITE the phone will receive (CallKit pairs them).
+    pub call_id: String,
+    /// The caller's URI (From), without tag.
+    pub caller_uri: String,
+    /// The caller's display name (From), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_name: Option<String>,
+    /// The called AOR (To).
+    pub callee: String,
+    /// For `call_cancelled`/`missed_call`: `answered_elsewhere`,
+    /// `declined_elsewhere`, `caller_cancelled` or `no_response`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One push, as sipis posts it to the mediator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRequest {
+    /// Unique id (16 hex digits), echoed in the answer and logged.
+    pub id: String,
+    pub kind: PushKind,
+    pub account: u64,
+    pub device: PushDevice,
+    pub call: PushCall,
+    /// When sipis created the push, Unix milliseconds.
+    pub timestamp_ms: u64,
+}
+
+/// What the mediator made of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushResult {
+    /// Accepted by APNs/FCM.
+    Sent,
+    /// The token is dead (APNs 410 `Unregistered`, FCM `UNREGISTERED`, or
+    /// `BadDeviceToken` in both environments): sipis removes the device.
+    TokenDead,
+    /// Not delivered, worth trying again later (429/5xx past the deadline,
+    /// connection failures).
+    Failed,
+    /// Never deliverable as sent (payload too large, bad topic, provider
+    /// credentials rejected): a configuration problem, not the device's.
+    Rejected,
+}
+
+impl PushResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushResult::Sent => "sent",
+            PushResult::TokenDead => "token_dead",
+            PushResult::Failed => "failed",
+            PushResult::Rejected => "rejected",
+        }
+    }
+}
+
+/// The mediator's JSON answer to a [`PushRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushAnswer {
+    pub id: String,
+    pub result: PushResult,
+    /// `apns-id` or the FCM message name, when the service gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_id: Option<String>,
+    /// The APNs environment that accepted the token (after a
+    /// `BadDeviceToken` retry against the other one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Environment>,
+    /// What went wrong, for the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the push client reports back to the engine for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// [`PushRequest::id`].
+    pub id: String,
+    pub account: u64,
+    pub device: String,
+    pub result: PushResult,
+    pub error: Option<String>,
+}
+
+pub mod client;
+pub mod mediator;
