@@ -27,19 +27,24 @@
 
 pub(crate) mod call;
 pub(crate) mod digest;
+pub(crate) mod phone;
 pub(crate) mod registration;
+mod relay;
 pub(crate) mod rng;
 pub(crate) mod transaction;
 pub(crate) mod wheel;
 
 use bytes::{Bytes, BytesMut};
+use call::{Call, CallConfig, CallLatency, CallTimer, Outcome, PushWait, Relay};
+use digest::{NonceVerifier, VerifierConfig};
 use hdrhistogram::Histogram;
+use phone::Device;
 use registration::{
     AccountConfig, AccountId, Next, RegError, RegStatus, Registration, RegistrationConfig,
     SavedRegistration,
 };
 use rng::Rng;
-use sipis_parser::{self as parser, parse, Message, Method, EMPTY_HEADER};
+use sipis_parser::{self as parser, parse, Message, Method, Writer, EMPTY_HEADER};
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -87,6 +92,26 @@ pub enum Event {
         from: SocketAddr,
         error: parser::Error,
     },
+    /// A phone registered a push device (or moved its token): persist it.
+    DeviceSaved {
+        account: AccountId,
+        device: String,
+        provider: String,
+        prid: String,
+        param: Option<String>,
+    },
+    /// A device is gone (explicit unregister, or its token is dead).
+    DeviceRemoved { account: AccountId, device: String },
+    /// A call's outcome is decided: one durable row per call.
+    CallOutcome {
+        account: AccountId,
+        call_id: String,
+        caller: String,
+        outcome: Outcome,
+        reason: Option<String>,
+        started: Instant,
+        ended: Instant,
+    },
 }
 
 /// Engine tunables.
@@ -105,8 +130,13 @@ pub struct EngineConfig {
     /// REGISTERs that may go out back to back before the rate applies.
     pub register_burst: u32,
     pub registration: RegistrationConfig,
-    /// Seed of the engine's PRNG (branches, tags, jitter).
+    /// Seed of the engine's PRNG (branches, tags, jitter, nonce key).
     pub seed: u64,
+    /// Public `host:port` of the phones' (shared) port, written in the
+    /// Contact of requests to phones.
+    pub phone_contact_host: String,
+    /// Incoming calls and the phones' registrar.
+    pub calls: CallConfig,
 }
 
 impl Default for EngineConfig {
@@ -119,6 +149,8 @@ impl Default for EngineConfig {
             register_burst: 10,
             registration: RegistrationConfig::default(),
             seed: 0x5151_5151,
+            phone_contact_host: "127.0.0.1:5060".into(),
+            calls: CallConfig::default(),
         }
     }
 }
@@ -134,6 +166,24 @@ pub struct Stats {
     pub client_tx_timeouts: u64,
     pub server_tx: u64,
     pub stray_responses: u64,
+    /// REGISTERs from phones (all, challenged ones included).
+    pub phone_registers: u64,
+    /// Phone REGISTERs refused with 403 (wrong credentials).
+    pub phone_auth_failures: u64,
+    /// INVITEs that started a call.
+    pub calls: u64,
+    pub calls_answered: u64,
+    /// Calls that ended without an answer (no response, caller hung up,
+    /// no device reachable).
+    pub calls_missed: u64,
+    /// Pushes handed to the mediator.
+    pub pushes_requested: u64,
+    pub pushes_sent: u64,
+    pub pushes_failed: u64,
+    pub pushes_token_dead: u64,
+    /// Late-wake INVITEs sent, and those completed with CANCEL + 487.
+    pub late_wakes: u64,
+    pub late_wakes_completed: u64,
 }
 
 struct AccountEntry {
@@ -145,12 +195,20 @@ struct AccountEntry {
     tx: Option<usize>,
     /// Whether it sits in the send queue.
     queued: bool,
+    /// Its phones (push targets and SIP bindings).
+    devices: Vec<Device>,
+    /// Its calls in the pending-call map.
+    calls: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
 enum TxOwner {
     Register(AccountId),
-    /// Fire-and-forget (an unregister of a removed account).
+    /// The INVITE of a call's leg to a device: (call slot, generation, leg).
+    Leg(usize, u64, usize),
+    /// A relayed in-dialog request (index into the relay table).
+    Relay(usize),
+    /// Fire-and-forget (an unregister of a removed account, a CANCEL).
     None,
 }
 
@@ -181,6 +239,7 @@ enum Timer {
     Server(usize, u64),
     Register(AccountId),
     RateLimit,
+    Call(usize, u64, CallTimer),
 }
 
 /// One shard's SIP engine. See the module doc for how to drive it.
@@ -208,6 +267,81 @@ pub struct Engine {
     /// Microseconds from sending a REGISTER to its final response.
     register_latency: Histogram<u64>,
     buf: BytesMut,
+    /// AOR key → account (phones registering, proxy-mode calls).
+    by_aor: HashMap<Box<[u8]>, AccountId>,
+    /// Digest nonces for phones.
+    verifier: NonceVerifier,
+    /// The pending-call map, and Call-ID → its slot.
+    calls: Slab<Call>,
+    call_ids: HashMap<Box<[u8]>, usize>,
+    relays: Slab<Relay>,
+    pushes: VecDeque<parser_push::PushRequest>,
+    push_waits: HashMap<String, PushWait>,
+    call_latency: CallLatency,
+}
+
+use crate::push as parser_push;
+
+impl Engine {
+    /// Answers a request on its server transaction (`slot`) with a
+    /// response of sipis's own; `extra` adds headers.
+    fn reply(
+        &mut self,
+        now: Instant,
+        slot: usize,
+        msg: &Message<'_, '_>,
+        code: u16,
+        reason: &str,
+        extra: impl FnOnce(&mut Writer<'_>),
+    ) {
+        let Some(s) = self.servers.get(slot) else {
+            return;
+        };
+        let source = s.source;
+        let mut to_tag = String::with_capacity(12);
+        self.rng.hex_into(&mut to_tag, 12);
+        self.buf.clear();
+        let Ok(mut w) =
+            parser::response_to(&mut self.buf, msg, code, reason, to_tag.as_bytes(), source)
+        else {
+            self.buf.clear();
+            return;
+        };
+        extra(&mut w);
+        w.finish(b"");
+        let bytes = self.buf.split().freeze();
+        self.servers[slot].tx.send_response(now, code, bytes);
+        self.after_server(slot, None);
+    }
+
+    /// Starts a client transaction for `request` and sends it.
+    #[allow(clippy::too_many_arguments)]
+    fn start_client(
+        &mut self,
+        now: Instant,
+        request: Bytes,
+        key: TxKey,
+        dest: SocketAddr,
+        flow: Flow,
+        kind: Kind,
+        owner: TxOwner,
+    ) -> usize {
+        let reliable = matches!(flow, Flow::Stream(_));
+        self.generation += 1;
+        let slot = self.clients.insert(ClientEntry {
+            created: now,
+            tx: ClientTransaction::new(now, kind, request, reliable, &self.cfg.timers),
+            key: key.clone(),
+            dest,
+            flow,
+            owner,
+            timer: None,
+            generation: self.generation,
+        });
+        self.client_keys.insert(key, slot);
+        self.after_client(now, slot, None);
+        slot
+    }
 }
 
 impl Engine {
@@ -232,6 +366,18 @@ impl Engine {
             register_latency: Histogram::new_with_bounds(1, 120_000_000, 3)
                 .expect("valid histogram bounds"),
             buf: BytesMut::with_capacity(64 * 1024),
+            by_aor: HashMap::new(),
+            verifier: NonceVerifier::new(
+                Rng::new(cfg.seed ^ 0xD1CE_57).seed32(),
+                now,
+                VerifierConfig::default(),
+            ),
+            calls: Slab::new(),
+            call_ids: HashMap::new(),
+            relays: Slab::new(),
+            pushes: VecDeque::new(),
+            push_waits: HashMap::new(),
+            call_latency: CallLatency::default(),
             cfg,
         }
     }
@@ -303,6 +449,9 @@ impl Engine {
         let reg = Registration::new(&cfg, saved.as_ref(), &self.cfg.contact_host, &mut self.rng);
         let id = cfg.id;
         self.by_token.insert(cfg.token.clone().into_boxed_str(), id);
+        if let Some(k) = aor_key_of(&cfg.aor) {
+            self.by_aor.insert(k, id);
+        }
         let wants = cfg.registrar.is_some();
         self.accounts.insert(
             id,
@@ -312,6 +461,8 @@ impl Engine {
                 timer: None,
                 tx: None,
                 queued: false,
+                devices: Vec::new(),
+                calls: Vec::new(),
             }),
         );
         if wants {
@@ -336,6 +487,14 @@ impl Engine {
             self.by_token.remove(a.cfg.token.as_str());
             self.by_token.insert(cfg.token.clone().into_boxed_str(), id);
         }
+        if a.cfg.aor != cfg.aor {
+            if let Some(k) = aor_key_of(&a.cfg.aor) {
+                self.by_aor.remove(&k);
+            }
+            if let Some(k) = aor_key_of(&cfg.aor) {
+                self.by_aor.insert(k, id);
+            }
+        }
         a.cfg = cfg;
         let before = a.reg.status();
         let next = a.reg.reconfigure(&a.cfg);
@@ -350,6 +509,9 @@ impl Engine {
             return false;
         };
         self.by_token.remove(a.cfg.token.as_str());
+        if let Some(k) = aor_key_of(&a.cfg.aor) {
+            self.by_aor.remove(&k);
+        }
         if let Some(t) = a.timer.take() {
             self.wheel.cancel(t);
         }
@@ -404,9 +566,9 @@ impl Engine {
             }
         };
         if msg.is_request() {
-            self.handle_request(now, from, flow, &msg);
+            self.handle_request(now, from, flow, &msg, data);
         } else {
-            self.handle_response(now, &msg);
+            self.handle_response(now, &msg, data);
         }
     }
 
@@ -469,6 +631,7 @@ impl Engine {
                     }
                 }
                 Timer::RateLimit => self.rate_timer = None,
+                Timer::Call(c, gen, which) => self.call_timer(now, c, gen, which),
             }
         }
         self.drain_send_queue(now);
@@ -497,6 +660,7 @@ impl Engine {
         from: SocketAddr,
         flow: Flow,
         msg: &Message<'_, '_>,
+        data: &[u8],
     ) {
         let method = msg.method().unwrap_or(Method::Options);
         if let Err(e) = msg.validate() {
@@ -523,7 +687,7 @@ impl Engine {
         }
         if method == Method::Ack {
             // An ACK for a 2xx (end to end) or for a transaction long gone.
-            return;
+            return self.call_ack(now, msg, data);
         }
         let kind = if method == Method::Invite {
             Kind::Invite
@@ -542,32 +706,29 @@ impl Engine {
         });
         self.server_keys.insert(key, slot);
         self.stats.server_tx += 1;
-        // The transaction user. Calls arrive with the call-flow work; until
-        // then sipis answers what it can: OPTIONS keep-alives from the
-        // provider, and 480 for anything else.
-        let (code, reason) = match method {
-            Method::Options => (200, "OK"),
-            Method::Invite | Method::Message => (480, "Temporarily Unavailable"),
-            _ => (501, "Not Implemented"),
-        };
-        let mut to_tag = String::with_capacity(12);
-        self.rng.hex_into(&mut to_tag, 12);
-        self.buf.clear();
-        let Ok(mut w) =
-            parser::response_to(&mut self.buf, msg, code, reason, to_tag.as_bytes(), from)
-        else {
-            return;
-        };
-        if method == Method::Options {
-            w.header(
-                "Allow",
-                b"INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK, UPDATE, INFO, MESSAGE, NOTIFY",
-            );
+        // The transaction user.
+        let in_dialog = msg.to().ok().and_then(|t| t.tag()).is_some();
+        match method {
+            Method::Cancel => self.incoming_cancel(now, msg, slot),
+            _ if in_dialog => self.in_dialog(now, from, msg, data, slot),
+            Method::Register => self.phone_register(now, from, flow, msg, slot),
+            Method::Invite => self.incoming_invite(now, from, flow, msg, data, slot),
+            Method::Options => self.reply(now, slot, msg, 200, "OK", |w| {
+                w.header(
+                    "Allow",
+                    b"INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK, UPDATE, INFO, REGISTER",
+                );
+            }),
+            Method::Bye | Method::Prack | Method::Update | Method::Info => self.reply(
+                now,
+                slot,
+                msg,
+                481,
+                "Call/Transaction Does Not Exist",
+                |_| {},
+            ),
+            _ => self.reply(now, slot, msg, 501, "Not Implemented", |_| {}),
         }
-        w.finish(b"");
-        let bytes = self.buf.split().freeze();
-        self.servers[slot].tx.send_response(now, code, bytes);
-        self.after_server(slot, None);
     }
 
     /// A response outside any transaction (a request we could not accept).
@@ -627,7 +788,7 @@ impl Engine {
 
     // ---- responses ---------------------------------------------------------
 
-    fn handle_response(&mut self, now: Instant, msg: &Message<'_, '_>) {
+    fn handle_response(&mut self, now: Instant, msg: &Message<'_, '_>, data: &[u8]) {
         let Some(&slot) = TxKey::client(msg)
             .ok()
             .as_ref()
@@ -644,6 +805,13 @@ impl Engine {
             self.register_latency.saturating_record(micros.max(1));
             if let TxOwner::Register(id) = owner {
                 self.register_response(now, id, msg);
+            }
+        }
+        if pass == Pass::Deliver {
+            match owner {
+                TxOwner::Leg(c, gen, leg) => self.leg_response(now, c, gen, leg, msg, data),
+                TxOwner::Relay(r) => self.relay_response(now, r, msg, data),
+                _ => {}
             }
         }
         self.after_client(now, slot, None);
@@ -694,9 +862,14 @@ impl Engine {
                 ClientEvent::TransportError => Some(RegError::TransportError),
                 _ => None,
             };
-            if let (Some(error), TxOwner::Register(id)) = (error, owner) {
+            if let Some(error) = error {
                 self.stats.client_tx_timeouts += u64::from(error == RegError::Timeout);
-                self.register_failure(now, id, error);
+                match owner {
+                    TxOwner::Register(id) => self.register_failure(now, id, error),
+                    TxOwner::Leg(c, gen, leg) => self.leg_failed(now, c, gen, leg),
+                    TxOwner::Relay(r) => self.relay_failed(now, r),
+                    TxOwner::None => {}
+                }
             }
         }
         let Some(c) = self.clients.get_mut(slot) else {
@@ -708,12 +881,16 @@ impl Engine {
             if let Some(t) = c.timer {
                 self.wheel.cancel(t);
             }
-            if let TxOwner::Register(id) = c.owner {
-                if let Some(a) = self.accounts.get_mut(&id) {
-                    if a.tx == Some(slot) {
-                        a.tx = None;
+            match c.owner {
+                TxOwner::Register(id) => {
+                    if let Some(a) = self.accounts.get_mut(&id) {
+                        if a.tx == Some(slot) {
+                            a.tx = None;
+                        }
                     }
                 }
+                TxOwner::Relay(r) => self.relay_done(r),
+                _ => {}
             }
             return;
         }
@@ -887,4 +1064,10 @@ fn rearm(
         (_, Some(d)) => Some(wheel.insert(d, what)),
         (None, None) => None,
     }
+}
+
+/// The AOR key of an account's configured AOR text.
+fn aor_key_of(aor: &str) -> Option<Box<[u8]>> {
+    let u = parser::Uri::parse(aor.as_bytes()).ok()?;
+    phone::aor_key(&u)
 }

@@ -250,6 +250,10 @@ async fn flush(engine: &RefCell<Engine>, sock: &Sockets, sink: &dyn EventSink) {
                     sink.save_registration(account, saved)
                 }
                 Event::Registration { .. } | Event::ParseError { .. } => {}
+                // Wired with the call flow's runtime work.
+                Event::DeviceSaved { .. }
+                | Event::DeviceRemoved { .. }
+                | Event::CallOutcome { .. } => {}
             }
         }
     }
