@@ -22,6 +22,8 @@ pub use router::Router;
 pub use server::{serve, ServeError, Server};
 
 use crate::engine::{EngineConfig, Stats};
+use crate::push::{PushOutcome, PushRequest};
+use crate::store::{CallOutcomeRecord, DeviceRecord};
 use crate::{AccountConfig, AccountId, RegStatus, SavedRegistration};
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -47,6 +49,20 @@ pub trait EventSink: Send + Sync + 'static {
     /// Persist an account's registration state (fire and forget: must not
     /// block).
     fn save_registration(&self, account: AccountId, saved: SavedRegistration);
+
+    /// A phone registered a push device: persist it.
+    fn device_saved(&self, _device: DeviceRecord) {}
+
+    /// A device is gone (explicit unregister, dead token).
+    fn device_removed(&self, _account: AccountId, _device: &str) {}
+
+    /// A call's outcome: one durable row per call.
+    fn call_outcome(&self, _outcome: CallOutcomeRecord) {}
+
+    /// Hand a push to the push client. Its outcome must come back through
+    /// [`Shards::push_result`]; a sink that drops it leaves the call
+    /// waiting for a device until `calls.device_wait`.
+    fn push(&self, _request: PushRequest) {}
 }
 
 /// A sink that drops everything (tests, or a store-less run).
@@ -57,6 +73,9 @@ impl EventSink for NullSink {
 }
 
 pub(crate) enum Control {
+    PutDevice(DeviceRecord),
+    RemoveDevice(AccountId, String),
+    PushResult(PushOutcome),
     Add(AccountConfig, Option<SavedRegistration>),
     Update(AccountConfig),
     Remove(AccountId),
@@ -143,6 +162,19 @@ struct ShardHandle {
     metrics: Arc<ShardMetrics>,
     addr: SocketAddr,
     join: Option<glommio::ExecutorJoinHandle<()>>,
+}
+
+/// Delivers push outcomes to the shard that owns their account.
+#[derive(Clone)]
+pub struct PushResults {
+    senders: Vec<crossbeam_channel::Sender<Control>>,
+}
+
+impl PushResults {
+    pub fn deliver(&self, outcome: PushOutcome) {
+        let i = shard_of(outcome.account, self.senders.len());
+        let _ = self.senders[i].send(Control::PushResult(outcome));
+    }
 }
 
 /// The running shards.
@@ -271,6 +303,28 @@ impl Shards {
     pub fn add_account(&self, cfg: AccountConfig, saved: Option<SavedRegistration>) {
         self.router.insert(&cfg);
         self.send(cfg.id, Control::Add(cfg, saved));
+    }
+
+    /// Gives a device (push target) to its account's shard.
+    pub fn put_device(&self, device: DeviceRecord) {
+        self.send(device.account, Control::PutDevice(device));
+    }
+
+    pub fn remove_device(&self, account: AccountId, device: &str) {
+        self.send(account, Control::RemoveDevice(account, device.to_owned()));
+    }
+
+    /// Hands a push's outcome to the shard of its account.
+    pub fn push_result(&self, outcome: PushOutcome) {
+        self.send(outcome.account, Control::PushResult(outcome));
+    }
+
+    /// A handle that delivers push outcomes to the shards from any thread
+    /// (the push client's workers).
+    pub fn push_results(&self) -> PushResults {
+        PushResults {
+            senders: self.shards.iter().map(|s| s.control.clone()).collect(),
+        }
     }
 
     pub fn update_account(&self, cfg: AccountConfig) {

@@ -13,12 +13,14 @@ use crate::store::{
     new_token, parse_accounts_csv, AccountRecord, PgOptions, PostgresStore, SqliteStore, Store,
     StoreHandle, StoreThread,
 };
+use crate::push::PushRequest;
+use crate::store::{CallOutcomeRecord, DeviceRecord};
 use crate::{AccountConfig, AccountId, Registrar, SavedRegistration};
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Why `serve` stopped or could not start.
@@ -44,6 +46,45 @@ impl std::error::Error for ServeError {}
 impl EventSink for StoreHandle {
     fn save_registration(&self, account: AccountId, saved: SavedRegistration) {
         StoreHandle::save_registration(self, account, saved);
+    }
+}
+
+/// Hands pushes to the push client (set once the shards are up, as the
+/// client delivers outcomes to them).
+type Pusher = Box<dyn Fn(PushRequest) + Send + Sync>;
+
+/// The shards' events: durable state to the store thread, pushes to the
+/// push client. Nothing here blocks a shard.
+struct ServeSink {
+    store: StoreHandle,
+    pusher: OnceLock<Pusher>,
+}
+
+impl EventSink for ServeSink {
+    fn save_registration(&self, account: AccountId, saved: SavedRegistration) {
+        self.store.save_registration(account, saved);
+    }
+
+    fn device_saved(&self, device: DeviceRecord) {
+        self.store.write("device", move |s| s.put_device(&device));
+    }
+
+    fn device_removed(&self, account: AccountId, device: &str) {
+        let device = device.to_owned();
+        self.store.write("device removal", move |s| {
+            s.delete_device(account, &device).map(|_| ())
+        });
+    }
+
+    fn call_outcome(&self, outcome: CallOutcomeRecord) {
+        self.store.record_call_outcome(outcome);
+    }
+
+    fn push(&self, request: PushRequest) {
+        match self.pusher.get() {
+            Some(p) => p(request),
+            None => tracing::warn!(id = %request.id, "push before the push client started: dropped"),
+        }
     }
 }
 
@@ -112,6 +153,10 @@ impl Server {
             .migrate()
             .map_err(|e| ServeError::Store(e.to_string()))?;
         let store = StoreThread::spawn(backend);
+        let sink = Arc::new(ServeSink {
+            store: store.clone(),
+            pusher: OnceLock::new(),
+        });
 
         let n = cfg.shard_count();
         let mut seed = [0u8; 8];
@@ -135,7 +180,7 @@ impl Server {
                 io_memory: 2 << 20,
                 socket_buffer: 4 << 20,
             },
-            Arc::new(store.clone()),
+            sink.clone(),
         )
         .map_err(ServeError::Runtime)?;
         let core = Arc::new(Core {
@@ -215,6 +260,14 @@ impl Core {
             for rec in page {
                 if rec.enabled {
                     self.activate(&rec, saved.get(&rec.id).cloned());
+                    let id = rec.id;
+                    let devices = self
+                        .store
+                        .call(move |s| s.list_devices(id))
+                        .map_err(|e| ServeError::Store(e.to_string()))?;
+                    for d in devices {
+                        self.shards.put_device(d);
+                    }
                     loaded += 1;
                 }
             }
@@ -446,14 +499,16 @@ impl AdminApi for Core {
         let rec = req.into_record(id, device, now);
         let stored = rec.clone();
         self.store.call(move |s| s.put_device(&stored))?;
+        self.shards.put_device(rec.clone());
         Ok(DeviceView::from(&rec))
     }
 
     fn delete_device(&self, id: AccountId, device: &str) -> Result<(), ApiError> {
-        let device = device.to_string();
-        if !self.store.call(move |s| s.delete_device(id, &device))? {
+        let name = device.to_string();
+        if !self.store.call(move |s| s.delete_device(id, &name))? {
             return Err(ApiError::not_found("no such device"));
         }
+        self.shards.remove_device(id, device);
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 
 use super::{Control, EventSink, Router, ShardMetrics};
 use crate::engine::{Engine, EngineConfig, Event, Flow};
+use crate::store::{CallOutcomeRecord, DeviceRecord};
 use crate::RegStatus;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::net::UdpSocket;
@@ -111,6 +112,13 @@ pub(super) async fn run(ctx: ShardCtx) {
             match c {
                 Control::Add(cfg, saved) => e.add_account(now, cfg, saved),
                 Control::Update(cfg) => e.update_account(now, cfg),
+                Control::PutDevice(d) => {
+                    e.put_device(d.account, &d.device, &d.provider, &d.prid, d.param.as_deref());
+                }
+                Control::RemoveDevice(account, name) => {
+                    e.remove_device(account, &name);
+                }
+                Control::PushResult(outcome) => e.handle_push_result(now, outcome),
                 Control::Remove(id) => {
                     e.remove_account(now, id);
                 }
@@ -250,11 +258,43 @@ async fn flush(engine: &RefCell<Engine>, sock: &Sockets, sink: &dyn EventSink) {
                     sink.save_registration(account, saved)
                 }
                 Event::Registration { .. } | Event::ParseError { .. } => {}
-                // Wired with the call flow's runtime work.
-                Event::DeviceSaved { .. }
-                | Event::DeviceRemoved { .. }
-                | Event::CallOutcome { .. } => {}
+                Event::DeviceSaved {
+                    account,
+                    device,
+                    provider,
+                    prid,
+                    param,
+                } => sink.device_saved(DeviceRecord {
+                    account,
+                    device,
+                    provider,
+                    prid,
+                    param,
+                    updated_unix: unix_at(Instant::now()),
+                }),
+                Event::DeviceRemoved { account, device } => sink.device_removed(account, &device),
+                Event::CallOutcome {
+                    account,
+                    call_id,
+                    caller,
+                    outcome,
+                    reason,
+                    started,
+                    ended,
+                } => sink.call_outcome(CallOutcomeRecord {
+                    call_id,
+                    account,
+                    caller,
+                    outcome: outcome.as_str().to_owned(),
+                    reason,
+                    started_unix: unix_at(started),
+                    ended_unix: unix_at(ended),
+                }),
             }
+        }
+        while let Some(mut p) = e.poll_push() {
+            p.timestamp_ms = unix_ms();
+            sink.push(p);
         }
     }
     for t in out.drain(..) {
@@ -299,4 +339,20 @@ pub(super) fn state_index(s: &RegStatus) -> usize {
         RegStatus::Failed { .. } => 4,
         RegStatus::Unregistered => 5,
     }
+}
+
+/// Wall-clock milliseconds now (the engine has no clock: the shell stamps
+/// what leaves it).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The Unix second of a monotonic instant in the recent past.
+fn unix_at(at: Instant) -> i64 {
+    let ago = Instant::now().saturating_duration_since(at);
+    let wall = std::time::SystemTime::now() - ago;
+    wall.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

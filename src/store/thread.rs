@@ -209,6 +209,30 @@ impl StoreHandle {
         }
     }
 
+    /// Runs `f` on the store thread without waiting for it (a device a
+    /// phone registered, one removed). Never blocks; a failure is logged
+    /// and counted.
+    pub fn write<F>(&self, what: &'static str, f: F)
+    where
+        F: FnOnce(&mut dyn Store) -> Result<(), StoreError> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        let req: Request = Box::new(move |store: &mut dyn Store| match f(store) {
+            Ok(()) => Reach::Up,
+            Err(e) => {
+                shared.failed_writes.fetch_add(1, Relaxed);
+                tracing::warn!(what, error = %e, "store write failed");
+                match e {
+                    StoreError::Unavailable(_) => Reach::Down,
+                    _ => Reach::Up,
+                }
+            }
+        });
+        if self.tx.send(Msg::Call(req)).is_err() {
+            self.shared.dropped_writes.fetch_add(1, Relaxed);
+        }
+    }
+
     /// Queues an account's registration state to be saved. Never blocks;
     /// later saves of the same account replace earlier unwritten ones.
     pub fn save_registration(&self, id: AccountId, saved: SavedRegistration) {
