@@ -97,6 +97,11 @@ pub struct ShardSnapshot {
     pub transactions: (u64, u64),
     /// REGISTER round trips in microseconds since the shard started.
     pub register_latency: Option<hdrhistogram::Histogram<u64>>,
+    /// Call-flow latencies (µs from the INVITE): push accepted, device
+    /// REGISTER, ringing, answer — in that order.
+    pub call_latency: Vec<hdrhistogram::Histogram<u64>>,
+    /// Calls in the pending-call map.
+    pub calls: u64,
     /// Shared-port datagrams forwarded to their owner, and dropped.
     pub forwarded: u64,
     pub forward_dropped: u64,

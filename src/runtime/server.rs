@@ -9,13 +9,13 @@ use crate::http::{
 };
 use crate::metrics::{counter, gauge, summary_from_histogram};
 use crate::parser::{Host, Scheme, Uri};
+use crate::push::PushRequest;
 use crate::store::{
     new_token, parse_accounts_csv, AccountRecord, PgOptions, PostgresStore, SqliteStore, Store,
     StoreHandle, StoreThread,
 };
-use crate::push::PushRequest;
 use crate::store::{CallOutcomeRecord, DeviceRecord};
-use crate::{AccountConfig, AccountId, Registrar, SavedRegistration};
+use crate::{AccountConfig, AccountId, Registrar, SavedRegistration, Stats};
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -83,7 +83,9 @@ impl EventSink for ServeSink {
     fn push(&self, request: PushRequest) {
         match self.pusher.get() {
             Some(p) => p(request),
-            None => tracing::warn!(id = %request.id, "push before the push client started: dropped"),
+            None => {
+                tracing::warn!(id = %request.id, "push before the push client started: dropped")
+            }
         }
     }
 }
@@ -663,6 +665,99 @@ impl AdminApi for Core {
                 &h,
                 1e-6,
             );
+        }
+        // The call flow (DESIGN §1.3): counters, then latencies.
+        let call_counters: [(&str, &str, fn(&Stats) -> u64); 11] = [
+            (
+                "sipis_phone_registers_total",
+                "REGISTERs from phones.",
+                |s| s.phone_registers,
+            ),
+            (
+                "sipis_phone_auth_failures_total",
+                "Phone REGISTERs refused 403.",
+                |s| s.phone_auth_failures,
+            ),
+            ("sipis_calls_total", "Incoming calls.", |s| s.calls),
+            (
+                "sipis_calls_answered_total",
+                "Calls answered by a device.",
+                |s| s.calls_answered,
+            ),
+            (
+                "sipis_calls_missed_total",
+                "Calls that ended unanswered.",
+                |s| s.calls_missed,
+            ),
+            (
+                "sipis_pushes_requested_total",
+                "Pushes handed to the mediator.",
+                |s| s.pushes_requested,
+            ),
+            (
+                "sipis_pushes_sent_total",
+                "Pushes the push service accepted.",
+                |s| s.pushes_sent,
+            ),
+            (
+                "sipis_pushes_failed_total",
+                "Pushes that failed or were rejected.",
+                |s| s.pushes_failed,
+            ),
+            (
+                "sipis_pushes_token_dead_total",
+                "Pushes to dead tokens (device removed).",
+                |s| s.pushes_token_dead,
+            ),
+            (
+                "sipis_late_wakes_total",
+                "Late-wake INVITEs sent (DESIGN 1.4).",
+                |s| s.late_wakes,
+            ),
+            (
+                "sipis_late_wakes_completed_total",
+                "Late wakes completed with CANCEL and 487.",
+                |s| s.late_wakes_completed,
+            ),
+        ];
+        for (name, help, f) in &call_counters {
+            counter(out, name, help, &[], sum(&|s| f(&s.stats)));
+        }
+        gauge(
+            out,
+            "sipis_calls_pending",
+            "Calls in the pending-call maps (waiting, up, or kept for late wakes).",
+            &[],
+            sum(&|s| s.calls),
+        );
+        let latencies = [
+            (
+                "sipis_call_push_seconds",
+                "INVITE to push accepted by the mediator.",
+            ),
+            (
+                "sipis_call_device_register_seconds",
+                "INVITE to the woken device's REGISTER.",
+            ),
+            (
+                "sipis_call_ringing_seconds",
+                "INVITE to the first ringing from a device.",
+            ),
+            ("sipis_call_answer_seconds", "INVITE to the answer."),
+        ];
+        for (i, (name, help)) in latencies.iter().enumerate() {
+            let mut merged: Option<hdrhistogram::Histogram<u64>> = None;
+            for h in snaps.iter().filter_map(|(_, s)| s.call_latency.get(i)) {
+                match &mut merged {
+                    Some(m) => {
+                        let _ = m.add(h);
+                    }
+                    None => merged = Some(h.clone()),
+                }
+            }
+            if let Some(h) = merged {
+                summary_from_histogram(out, name, help, &[], &h, 1e-6);
+            }
         }
         gauge(
             out,

@@ -113,7 +113,13 @@ pub(super) async fn run(ctx: ShardCtx) {
                 Control::Add(cfg, saved) => e.add_account(now, cfg, saved),
                 Control::Update(cfg) => e.update_account(now, cfg),
                 Control::PutDevice(d) => {
-                    e.put_device(d.account, &d.device, &d.provider, &d.prid, d.param.as_deref());
+                    e.put_device(
+                        d.account,
+                        &d.device,
+                        &d.provider,
+                        &d.prid,
+                        d.param.as_deref(),
+                    );
                 }
                 Control::RemoveDevice(account, name) => {
                     e.remove_device(account, &name);
@@ -323,6 +329,14 @@ fn publish(engine: &Engine, m: &ShardMetrics) {
     snap.accounts = engine.account_count() as u64;
     let (c, s) = engine.transaction_count();
     snap.transactions = (c as u64, s as u64);
+    snap.calls = engine.call_count() as u64;
+    let l = engine.call_latency();
+    snap.call_latency = vec![
+        l.push.clone(),
+        l.device_register.clone(),
+        l.ringing.clone(),
+        l.answer.clone(),
+    ];
     match &mut snap.register_latency {
         Some(h) => h.clone_from(engine.register_latency()),
         None => snap.register_latency = Some(engine.register_latency().clone()),
