@@ -21,11 +21,20 @@
 //! Durations are strings such as `"500ms"`, `"32s"`, `"5m"`, `"1h"` (parts
 //! may be combined: `"1m30s"`), or bare integers of **milliseconds**.
 //!
+//! Sections may nest one level (`[mediator.apns]`, `[mediator.fcm]`): the
+//! walk checks their keys the same way, and a missing key the subsection
+//! needs is reported by its dotted name.
+//!
 //! [`Config::check`] goes further and looks at the files the configuration
-//! names (TLS files, token file, data directory); `sipis check-config` runs
-//! both without starting anything.
+//! names (TLS files, token file, data directory, APNs key, FCM service
+//! account); `sipis check-config` runs both without starting anything.
+//! `push.token_file` and `mediator.token_file` are the exception: they are
+//! read while loading, because [`PushConfig`] and [`MediatorConfig`] carry
+//! the token itself (the push client and the mediator get it ready to use).
 
-use crate::{EngineConfig, RegistrationConfig, TimerConfig};
+use crate::push::client::PushConfig;
+use crate::push::mediator::{ApnsConfig, FcmConfig, MediatorConfig};
+use crate::{CallConfig, EngineConfig, RegistrationConfig, TimerConfig};
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 use std::fmt;
 use std::fs;
@@ -49,13 +58,41 @@ pub const EMBEDDED_DB_FILE: &str = "sipis.db";
 // ---------------------------------------------------------------------------
 
 /// Every setting of a sipis node, validated.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Config {
     pub server: ServerConfig,
     pub sip: SipConfig,
+    /// `[calls]`: incoming calls, phones' registrations, late wake.
+    pub calls: CallConfig,
+    /// `[push]`: the push client's mediator and limits.
+    pub push: PushConfig,
+    /// `[mediator]`, `[mediator.apns]`, `[mediator.fcm]`.
+    pub mediator: MediatorConfig,
     pub store: StoreConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // MediatorConfig keeps its bearer token as a plain string (its
+        // derived Debug would print it): mask it on a copy, which stays
+        // right when the mediator's settings grow.
+        let mut mediator = self.mediator.clone();
+        if mediator.token.is_some() {
+            mediator.token = Some("<redacted>".to_owned());
+        }
+        f.debug_struct("Config")
+            .field("server", &self.server)
+            .field("sip", &self.sip)
+            .field("calls", &self.calls)
+            .field("push", &self.push)
+            .field("mediator", &mediator)
+            .field("store", &self.store)
+            .field("admin", &self.admin)
+            .field("log", &self.log)
+            .finish()
+    }
 }
 
 /// `[server]`: sockets, shards, data directory.
@@ -444,12 +481,14 @@ impl Config {
         Ok(config)
     }
 
-    /// Every key the file may hold, dotted (`server.bind`), in schema order.
+    /// Every key the file may hold, dotted (`server.bind`,
+    /// `mediator.apns.key_id`), in schema order.
     pub fn known_keys() -> Vec<String> {
-        sections()
-            .iter()
-            .flat_map(|s| section_keys(s).iter().map(move |k| format!("{s}.{k}")))
-            .collect()
+        let mut out = Vec::new();
+        for s in sections() {
+            dotted_keys(s, &mut out);
+        }
+        out
     }
 
     /// The checks that involve several keys (a configuration built in code
@@ -538,24 +577,159 @@ impl Config {
         }
         // SIP may run over TCP on the shard ports too: the admin API must
         // not take one where the addresses overlap.
-        let port = a.listen.port();
-        let first = s.sip_port;
-        let last = usize::from(first) + shards;
-        if usize::from(port) >= usize::from(first)
-            && usize::from(port) <= last
-            && addresses_overlap(a.listen.ip(), s.bind)
-        {
-            let what = if port == first {
-                "the phones' SIP port (server.sip_port)".to_owned()
-            } else {
-                format!("shard {}'s SIP port", port - first - 1)
-            };
+        if let Some(what) = self.sip_port_at(a.listen) {
             out.push((
                 &["admin.listen", "server.sip_port", "server.shards"],
-                ConfigError::invalid("admin.listen", format!("port {port} is {what}")),
+                ConfigError::invalid(
+                    "admin.listen",
+                    format!("port {} is {what}", a.listen.port()),
+                ),
+            ));
+        }
+
+        let c = &self.calls;
+        if c.phone_max_expires < c.phone_min_expires {
+            out.push((
+                &["calls.phone_min_expires", "calls.phone_max_expires"],
+                ConfigError::invalid(
+                    "calls.phone_max_expires",
+                    format!(
+                        "{} must be at least calls.phone_min_expires ({})",
+                        c.phone_max_expires, c.phone_min_expires
+                    ),
+                ),
+            ));
+        }
+        // RFC 8599 §4.1.2: a woken phone refreshes pnsreg seconds before its
+        // binding expires; at or past the longest binding that is at once.
+        if c.pnsreg >= c.phone_max_expires {
+            out.push((
+                &["calls.pnsreg", "calls.phone_max_expires"],
+                ConfigError::invalid(
+                    "calls.pnsreg",
+                    format!(
+                        "{} must be below calls.phone_max_expires ({}): phones would \
+                         re-register as soon as they are woken",
+                        c.pnsreg, c.phone_max_expires
+                    ),
+                ),
+            ));
+        }
+
+        let p = &self.push;
+        if let Some(t) = &p.token {
+            if let Err(why) = token_problem(t) {
+                out.push((&["push.token"], ConfigError::invalid("push.token", why)));
+            }
+        }
+        let m = &self.mediator;
+        if let Some(t) = &m.token {
+            if let Err(why) = token_problem(t) {
+                out.push((
+                    &["mediator.token"],
+                    ConfigError::invalid("mediator.token", why),
+                ));
+            }
+        }
+        if m.deadline < m.request_timeout {
+            out.push((
+                &["mediator.request_timeout", "mediator.deadline"],
+                ConfigError::invalid(
+                    "mediator.deadline",
+                    format!(
+                        "{:?} must be at least mediator.request_timeout ({}): the deadline \
+                         covers every attempt of a push",
+                        format_duration(m.deadline),
+                        format_duration(m.request_timeout)
+                    ),
+                ),
+            ));
+        }
+        if m.token.is_none() && !m.listen.ip().is_loopback() {
+            out.push((
+                &["mediator.token", "mediator.token_file", "mediator.listen"],
+                ConfigError::invalid(
+                    "mediator.token",
+                    format!(
+                        "required (or mediator.token_file) when mediator.listen is not \
+                         loopback ({:?}): whoever reaches that port could push to every \
+                         phone",
+                        m.listen.to_string()
+                    ),
+                ),
+            ));
+        }
+        if m.in_process && m.apns.is_none() && m.fcm.is_none() {
+            out.push((
+                &[
+                    "mediator.in_process",
+                    "mediator.apns",
+                    "mediator.apns.key_file",
+                    "mediator.apns.key_id",
+                    "mediator.apns.team_id",
+                    "mediator.fcm",
+                    "mediator.fcm.service_account_file",
+                ],
+                ConfigError::invalid(
+                    "mediator.in_process",
+                    "needs [mediator.apns] or [mediator.fcm]: the mediator would have \
+                     nowhere to send pushes",
+                ),
+            ));
+        }
+        // Without a URL the push client posts to the in-process mediator,
+        // which checks the token it is given against its own.
+        if m.in_process && p.mediator_url.is_none() && p.token != m.token {
+            out.push((
+                &[
+                    "push.token",
+                    "push.token_file",
+                    "mediator.token",
+                    "mediator.token_file",
+                ],
+                ConfigError::invalid(
+                    "push.token",
+                    "must be the same token as mediator.token when pushes go to the \
+                     in-process mediator (push.mediator_url not set): it would refuse \
+                     every push",
+                ),
+            ));
+        }
+        if addresses_overlap(m.listen.ip(), a.listen.ip()) && m.listen.port() == a.listen.port() {
+            out.push((
+                &["mediator.listen", "admin.listen"],
+                ConfigError::invalid(
+                    "mediator.listen",
+                    format!("port {} is admin.listen's", m.listen.port()),
+                ),
+            ));
+        }
+        if let Some(what) = self.sip_port_at(m.listen) {
+            out.push((
+                &["mediator.listen", "server.sip_port", "server.shards"],
+                ConfigError::invalid(
+                    "mediator.listen",
+                    format!("port {} is {what}", m.listen.port()),
+                ),
             ));
         }
         out
+    }
+
+    /// Which SIP port `addr` would take, if it overlaps one: the phones'
+    /// port or a shard's.
+    fn sip_port_at(&self, addr: SocketAddr) -> Option<String> {
+        let port = usize::from(addr.port());
+        let first = usize::from(self.server.sip_port);
+        let last = first + self.shard_count();
+        if port < first || port > last || !addresses_overlap(addr.ip(), self.server.bind) {
+            return None;
+        }
+        Some(if port == first {
+            "the phones' SIP port (server.sip_port)".to_owned()
+        } else {
+            format!("shard {}'s SIP port", port - first - 1)
+        })
     }
 
     /// Looks at what the configuration names on disk: the data directory is
@@ -591,6 +765,31 @@ impl Config {
         if let AdminToken::File(_) = self.admin.token {
             if let Err(e) = self.admin_token() {
                 out.push(e);
+            }
+        }
+        if let Some(apns) = &self.mediator.apns {
+            // The .p8 key is PKCS#8 PEM; whether it is a P-256 key is the
+            // mediator's to say when it loads it.
+            if let Err(why) = pem_file(&apns.key_file) {
+                out.push(ConfigError::invalid("mediator.apns.key_file", why));
+            }
+            if let Some(ca) = &apns.ca_file {
+                if let Err(why) = pem_file(ca) {
+                    out.push(ConfigError::invalid("mediator.apns.ca_file", why));
+                }
+            }
+        }
+        if let Some(fcm) = &self.mediator.fcm {
+            if let Err(why) = service_account_file(&fcm.service_account_file, fcm) {
+                out.push(ConfigError::invalid(
+                    "mediator.fcm.service_account_file",
+                    why,
+                ));
+            }
+            if let Some(ca) = &fcm.ca_file {
+                if let Err(why) = pem_file(ca) {
+                    out.push(ConfigError::invalid("mediator.fcm.ca_file", why));
+                }
             }
         }
         out
@@ -699,6 +898,8 @@ impl Config {
                 retry_max: self.sip.retry_max,
                 user_agent: self.sip.user_agent.clone(),
             },
+            phone_contact_host: host_port(&self.public_host(), self.server.sip_port),
+            calls: self.calls.clone(),
             ..EngineConfig::default()
         }
     }
@@ -724,9 +925,27 @@ impl Config {
             AdminToken::Inline(_) => "token",
             AdminToken::File(_) => "token file",
         };
+        let m = &self.mediator;
+        let push = match (&self.push.mediator_url, m.in_process) {
+            (Some(url), _) => format!("pushes to {}", redact_url(url)),
+            (None, true) => format!("pushes to the in-process mediator on {}", m.listen),
+            (None, false) => "pushes off (push.mediator_url not set)".to_owned(),
+        };
+        let mediator = if m.in_process {
+            let mut services = Vec::new();
+            if m.apns.is_some() {
+                services.push("APNs");
+            }
+            if m.fcm.is_some() {
+                services.push("FCM");
+            }
+            format!("; mediator in process ({})", services.join(", "))
+        } else {
+            String::new()
+        };
         format!(
             "{shards}; phones on {} (shared); upstream {}..={}; public host {}; {store}; \
-             admin {} ({token}); log {} {}",
+             admin {} ({token}); {push}{mediator}; log {} {}",
             SocketAddr::new(s.bind, s.sip_port),
             host_port(&s.bind.to_string(), self.shard_port(0)),
             self.shard_port(n - 1),
@@ -838,6 +1057,9 @@ type V = Option<toml::Value>;
 struct RawFile {
     server: Option<RawServer>,
     sip: Option<RawSip>,
+    calls: Option<RawCalls>,
+    push: Option<RawPush>,
+    mediator: Option<RawMediator>,
     store: Option<RawStore>,
     admin: Option<RawAdmin>,
     log: Option<RawLog>,
@@ -867,6 +1089,69 @@ struct RawSip {
     retry_max: V,
     user_agent: V,
     default_expires: V,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCalls {
+    device_wait: V,
+    late_wake_window: V,
+    late_wake_guard: V,
+    push_status_header: V,
+    phone_realm: V,
+    phone_min_expires: V,
+    phone_max_expires: V,
+    pnsreg: V,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPush {
+    mediator_url: V,
+    token: V,
+    token_file: V,
+    timeout: V,
+    retries: V,
+    connections: V,
+    queue: V,
+}
+
+/// `[mediator]`; its table-valued fields are the subsections (see
+/// [`section_keys`]).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMediator {
+    listen: V,
+    token: V,
+    token_file: V,
+    in_process: V,
+    request_timeout: V,
+    deadline: V,
+    concurrency: V,
+    apns: Option<RawApns>,
+    fcm: Option<RawFcm>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApns {
+    key_file: V,
+    key_id: V,
+    team_id: V,
+    default_topic: V,
+    production_url: V,
+    sandbox_url: V,
+    ca_file: V,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFcm {
+    service_account_file: V,
+    project_id: V,
+    send_url: V,
+    token_url: V,
+    ca_file: V,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -923,14 +1208,23 @@ fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
     probe.0
 }
 
+/// The top-level sections, in schema order.
 fn sections() -> &'static [&'static str] {
     fields_of::<RawFile>()
 }
 
+/// The keys of a section, by its dotted name (`mediator.apns`); empty for
+/// anything that is not a section. A key whose own dotted name has keys is
+/// a subsection.
 fn section_keys(section: &str) -> &'static [&'static str] {
     match section {
         "server" => fields_of::<RawServer>(),
         "sip" => fields_of::<RawSip>(),
+        "calls" => fields_of::<RawCalls>(),
+        "push" => fields_of::<RawPush>(),
+        "mediator" => fields_of::<RawMediator>(),
+        "mediator.apns" => fields_of::<RawApns>(),
+        "mediator.fcm" => fields_of::<RawFcm>(),
         "store" => fields_of::<RawStore>(),
         "admin" => fields_of::<RawAdmin>(),
         "log" => fields_of::<RawLog>(),
@@ -938,12 +1232,87 @@ fn section_keys(section: &str) -> &'static [&'static str] {
     }
 }
 
+fn is_section(dotted: &str) -> bool {
+    !section_keys(dotted).is_empty()
+}
+
+/// Every section, subsections (dotted) right after their parent.
+fn all_sections() -> Vec<String> {
+    fn push(name: String, out: &mut Vec<String>) {
+        let subs: Vec<String> = section_keys(&name)
+            .iter()
+            .map(|k| format!("{name}.{k}"))
+            .filter(|d| is_section(d))
+            .collect();
+        out.push(name);
+        for s in subs {
+            push(s, out);
+        }
+    }
+    let mut out = Vec::new();
+    for s in sections() {
+        push((*s).to_owned(), &mut out);
+    }
+    out
+}
+
+/// The plain keys (not subsections) of `section`, dotted, subsections'
+/// keys after their parent's.
+fn dotted_keys(section: &str, out: &mut Vec<String>) {
+    let mut subs = Vec::new();
+    for k in section_keys(section) {
+        let dotted = format!("{section}.{k}");
+        if is_section(&dotted) {
+            subs.push(dotted);
+        } else {
+            out.push(dotted);
+        }
+    }
+    for s in subs {
+        dotted_keys(&s, out);
+    }
+}
+
 fn list_sections() -> String {
-    sections()
+    all_sections()
         .iter()
         .map(|s| format!("[{s}]"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The section that has a plain key `key`, other than `except`.
+fn home_of(key: &str, except: &str) -> Option<String> {
+    all_sections().into_iter().find(|s| {
+        s != except && section_keys(s).contains(&key) && !is_section(&format!("{s}.{key}"))
+    })
+}
+
+/// The known section an unknown one (`name`, dotted) probably meant: a
+/// typo of a sibling, or a subsection written at the top level (`[apns]`).
+fn suggest_section(name: &str) -> Option<String> {
+    let all = all_sections();
+    let (parent, last) = match name.rsplit_once('.') {
+        Some((p, l)) => (Some(p), l),
+        None => (None, name),
+    };
+    let siblings: Vec<&str> = all
+        .iter()
+        .filter_map(|s| match (s.rsplit_once('.'), parent) {
+            (Some((p, l)), Some(want)) if p == want => Some(l),
+            (None, None) => Some(s.as_str()),
+            _ => None,
+        })
+        .collect();
+    if let Some(s) = closest(last, &siblings) {
+        return Some(match parent {
+            Some(p) => format!("{p}.{s}"),
+            None => s.to_owned(),
+        });
+    }
+    all.iter()
+        .find(|s| s.rsplit_once('.').is_some_and(|(_, l)| l == last))
+        .cloned()
 }
 
 /// Removes (and reports) every key and section the schema does not know.
@@ -964,15 +1333,12 @@ fn strip_unknown(doc: &mut toml::Table, errors: &mut Vec<ConfigError>) {
             doc.remove(&name);
             if is_table {
                 errors.push(ConfigError::UnknownSection {
-                    suggestion: closest(&name, sections()).map(str::to_owned),
+                    suggestion: suggest_section(&name),
                     name,
                 });
             } else {
-                let home = sections()
-                    .iter()
-                    .find(|s| section_keys(s).contains(&name.as_str()));
                 errors.push(ConfigError::UnknownKey {
-                    hint: Some(match home {
+                    hint: Some(match home_of(&name, "") {
                         Some(s) => format!("it belongs in [{s}]"),
                         None => format!("settings go in a section: {}", list_sections()),
                     }),
@@ -982,31 +1348,58 @@ fn strip_unknown(doc: &mut toml::Table, errors: &mut Vec<ConfigError>) {
             }
             continue;
         }
-        let keys = section_keys(&name);
-        let Some(toml::Value::Table(table)) = doc.get_mut(&name) else {
-            continue;
-        };
-        let unknown: Vec<String> = table
-            .keys()
-            .filter(|k| !keys.contains(&k.as_str()))
-            .cloned()
-            .collect();
-        for key in unknown {
-            table.remove(&key);
-            let elsewhere = sections()
-                .iter()
-                .find(|s| **s != name && section_keys(s).contains(&key.as_str()));
-            let hint = match (closest(&key, keys), elsewhere) {
-                (Some(k), _) => Some(format!("did you mean {k:?}?")),
-                (None, Some(s)) => Some(format!("it belongs in [{s}]")),
-                (None, None) => None,
-            };
-            errors.push(ConfigError::UnknownKey {
-                section: name.clone(),
-                key,
-                hint,
-            });
+        if let Some(toml::Value::Table(table)) = doc.get_mut(&name) {
+            strip_section(&name, table, errors);
         }
+    }
+}
+
+/// [`strip_unknown`] inside one section (`name` dotted), subsections
+/// included.
+fn strip_section(name: &str, table: &mut toml::Table, errors: &mut Vec<ConfigError>) {
+    let keys = section_keys(name);
+    let present: Vec<String> = table.keys().cloned().collect();
+    for key in present {
+        let dotted = format!("{name}.{key}");
+        if is_section(&dotted) {
+            match table.get_mut(&key) {
+                Some(toml::Value::Table(sub)) => strip_section(&dotted, sub, errors),
+                _ => {
+                    let v = table.remove(&key).expect("key listed");
+                    errors.push(ConfigError::invalid(
+                        &dotted,
+                        format!("expected a section [{dotted}], got {}", got(&v)),
+                    ));
+                }
+            }
+            continue;
+        }
+        if keys.contains(&key.as_str()) {
+            continue;
+        }
+        let v = table.remove(&key).expect("key listed");
+        if v.is_table() {
+            errors.push(ConfigError::UnknownSection {
+                suggestion: suggest_section(&dotted),
+                name: dotted,
+            });
+            continue;
+        }
+        let plain: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| !is_section(&format!("{name}.{k}")))
+            .collect();
+        let hint = match (closest(&key, &plain), home_of(&key, name)) {
+            (Some(k), _) => Some(format!("did you mean {k:?}?")),
+            (None, Some(s)) => Some(format!("it belongs in [{s}]")),
+            (None, None) => None,
+        };
+        errors.push(ConfigError::UnknownKey {
+            section: name.to_owned(),
+            key,
+            hint,
+        });
     }
 }
 
@@ -1288,6 +1681,179 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// An `http://` or `https://` URL (see [`http_url_problem`]).
+    fn http_url(&mut self, key: &'static str, v: V) -> Option<String> {
+        let u = self.string(key, v)?;
+        match http_url_problem(&u) {
+            None => Some(u),
+            Some(why) => self.fail(key, format!("{why}, got {:?}", redact_url(&u))),
+        }
+    }
+
+    /// A required key of a subsection: reports it missing.
+    fn required<T>(
+        &mut self,
+        key: &'static str,
+        section: &str,
+        got: Option<T>,
+        had: bool,
+    ) -> Option<T> {
+        if !had {
+            return self.fail(key, format!("required in [{section}]"));
+        }
+        got
+    }
+
+    /// A bearer token given inline (`token_key`) or in a file (`file_key`),
+    /// at most one of them. The file is read here (surrounding whitespace
+    /// trimmed) and its token checked; an inline token is checked with the
+    /// cross-key checks, so that [`Config::validate`] sees it too.
+    fn secret(
+        &mut self,
+        token_key: &'static str,
+        file_key: &'static str,
+        token: V,
+        file: V,
+    ) -> Option<String> {
+        let both = token.is_some() && file.is_some();
+        let token = self.string(token_key, token);
+        let file = self.path(file_key, file);
+        if both {
+            self.error(file_key, format!("set {token_key} or {file_key}, not both"));
+            return None;
+        }
+        if token.is_some() {
+            return token;
+        }
+        let path = file?;
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                return self.fail(file_key, format!("cannot read {:?}: {e}", path.display()));
+            }
+        };
+        let t = text.trim();
+        if let Err(why) = token_problem(t) {
+            return self.fail(file_key, format!("{:?}: the token {why}", path.display()));
+        }
+        Some(t.to_owned())
+    }
+
+    /// Text sent inside a quoted string on the wire (a digest realm): no
+    /// quotes, backslashes, spaces or control characters.
+    fn quotable(&mut self, key: &'static str, v: V, max: usize) -> Option<String> {
+        let s = self.nonempty(key, v)?;
+        if s.len() > max
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            return self.fail(
+                key,
+                format!(
+                    "{s:?} must be at most {max} visible ASCII characters without spaces, \
+                     quotes or backslashes (it is sent as a quoted string)"
+                ),
+            );
+        }
+        Some(s)
+    }
+
+    /// An identifier that goes into a URL path or a JWT claim: letters,
+    /// digits, `.`, `-`, `_`, of a length in `len`.
+    fn ident(
+        &mut self,
+        key: &'static str,
+        v: V,
+        len: RangeInclusive<usize>,
+        example: &str,
+    ) -> Option<String> {
+        let s = self.string(key, v)?;
+        let ok = len.contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        if ok {
+            return Some(s);
+        }
+        let size = if len.start() == len.end() {
+            format!("{} characters", len.start())
+        } else {
+            format!("{}..={} characters", len.start(), len.end())
+        };
+        self.fail(
+            key,
+            format!("expected {size} of letters, digits, '.', '-' or '_' (such as {example:?}), got {s:?}"),
+        )
+    }
+}
+
+/// Why `u` is not a usable `http://` / `https://` URL, if it is not:
+/// scheme, a host name or IP (IPv6 in brackets), an optional port 1..=65535,
+/// an optional path and query; no credentials, fragment or spaces.
+pub fn http_url_problem(u: &str) -> Option<String> {
+    let rest = match u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"))
+    {
+        Some(r) => r,
+        None => return Some("expected an http:// or https:// URL".to_owned()),
+    };
+    if u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("the URL must not contain spaces or control characters".to_owned());
+    }
+    if u.contains('#') {
+        return Some("the URL must not have a #fragment".to_owned());
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if authority.contains('@') {
+        return Some(
+            "the URL must not carry credentials (user@): tokens have their own keys".to_owned(),
+        );
+    }
+    let port = if let Some(v6) = authority.strip_prefix('[') {
+        let Some((ip, after)) = v6.split_once(']') else {
+            return Some("unclosed '[' in the URL's host".to_owned());
+        };
+        if ip.parse::<Ipv6Addr>().is_err() {
+            return Some(format!("{ip:?} is not an IPv6 address"));
+        }
+        match after {
+            "" => None,
+            p => match p.strip_prefix(':') {
+                Some(p) => Some(p),
+                None => return Some("expected ':port' after the IPv6 address".to_owned()),
+            },
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => {
+                if !valid_hostname(h) {
+                    return Some(format!("{h:?} is not a host name or IP address"));
+                }
+                Some(p)
+            }
+            None => {
+                if !valid_hostname(authority) {
+                    return Some(if authority.is_empty() {
+                        "the URL has no host".to_owned()
+                    } else {
+                        format!("{authority:?} is not a host name or IP address")
+                    });
+                }
+                None
+            }
+        }
+    };
+    if let Some(p) = port {
+        if !matches!(p.parse::<u16>(), Ok(n) if n != 0) {
+            return Some(format!("{p:?} is not a port 1..=65535"));
+        }
+    }
+    None
+}
+
 fn valid_hostname(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 253
@@ -1397,6 +1963,103 @@ fn convert(raw: RawFile, r: &mut Reader) -> Config {
                 60..=604_800,
             )
             .map_or(d.sip.default_expires, |n| n as u32),
+    };
+
+    let s = raw.calls.unwrap_or_default();
+    let calls = CallConfig {
+        // DESIGN §1.3: 30 s by default, Acrobits waits 120 s; past 10
+        // minutes callers and their proxies have long given up.
+        device_wait: r
+            .duration("calls.device_wait", s.device_wait, secs(1)..=secs(600))
+            .unwrap_or(d.calls.device_wait),
+        late_wake_window: r
+            .duration(
+                "calls.late_wake_window",
+                s.late_wake_window,
+                secs(1)..=secs(600),
+            )
+            .unwrap_or(d.calls.late_wake_window),
+        late_wake_guard: r
+            .duration(
+                "calls.late_wake_guard",
+                s.late_wake_guard,
+                ms(50)..=secs(30),
+            )
+            .unwrap_or(d.calls.late_wake_guard),
+        push_status_header: r
+            .boolean("calls.push_status_header", s.push_status_header)
+            .unwrap_or(d.calls.push_status_header),
+        phone_realm: r
+            .quotable("calls.phone_realm", s.phone_realm, 128)
+            .unwrap_or(d.calls.phone_realm),
+        phone_min_expires: r
+            .int(
+                "calls.phone_min_expires",
+                s.phone_min_expires,
+                "seconds",
+                10..=86_400,
+            )
+            .map_or(d.calls.phone_min_expires, |n| n as u32),
+        phone_max_expires: r
+            .int(
+                "calls.phone_max_expires",
+                s.phone_max_expires,
+                "seconds",
+                10..=604_800,
+            )
+            .map_or(d.calls.phone_max_expires, |n| n as u32),
+        pnsreg: r
+            .int("calls.pnsreg", s.pnsreg, "seconds", 1..=86_400)
+            .map_or(d.calls.pnsreg, |n| n as u32),
+    };
+
+    let s = raw.push.unwrap_or_default();
+    let push = PushConfig {
+        mediator_url: r.http_url("push.mediator_url", s.mediator_url),
+        token: r.secret("push.token", "push.token_file", s.token, s.token_file),
+        timeout: r
+            .duration("push.timeout", s.timeout, ms(100)..=secs(60))
+            .unwrap_or(d.push.timeout),
+        retries: r
+            .int("push.retries", s.retries, "a count", 0..=10)
+            .map_or(d.push.retries, |n| n as u32),
+        connections: r
+            .int("push.connections", s.connections, "a count", 1..=64)
+            .map_or(d.push.connections, |n| n as u32),
+        queue: r
+            .int("push.queue", s.queue, "a count", 1..=1_000_000)
+            .map_or(d.push.queue, |n| n as u32),
+    };
+
+    let s = raw.mediator.unwrap_or_default();
+    let mediator = MediatorConfig {
+        listen: r
+            .socket_addr("mediator.listen", s.listen)
+            .unwrap_or(d.mediator.listen),
+        token: r.secret(
+            "mediator.token",
+            "mediator.token_file",
+            s.token,
+            s.token_file,
+        ),
+        in_process: r
+            .boolean("mediator.in_process", s.in_process)
+            .unwrap_or(d.mediator.in_process),
+        apns: s.apns.and_then(|a| convert_apns(a, r)),
+        fcm: s.fcm.and_then(|f| convert_fcm(f, r)),
+        request_timeout: r
+            .duration(
+                "mediator.request_timeout",
+                s.request_timeout,
+                ms(100)..=secs(60),
+            )
+            .unwrap_or(d.mediator.request_timeout),
+        deadline: r
+            .duration("mediator.deadline", s.deadline, ms(100)..=secs(600))
+            .unwrap_or(d.mediator.deadline),
+        concurrency: r
+            .int("mediator.concurrency", s.concurrency, "a count", 1..=65_536)
+            .map_or(d.mediator.concurrency, |n| n as u32),
     };
 
     let s = raw.store.unwrap_or_default();
@@ -1535,10 +2198,81 @@ fn convert(raw: RawFile, r: &mut Reader) -> Config {
     Config {
         server,
         sip,
+        calls,
+        push,
+        mediator,
         store,
         admin,
         log,
     }
+}
+
+/// `[mediator.apns]`: `None` (after reporting why) unless every required
+/// key is present and right.
+fn convert_apns(a: RawApns, r: &mut Reader) -> Option<ApnsConfig> {
+    const SECTION: &str = "mediator.apns";
+    let (has_file, has_key, has_team) = (
+        a.key_file.is_some(),
+        a.key_id.is_some(),
+        a.team_id.is_some(),
+    );
+    // Apple's key and team ids are 10 characters; a wrong one only shows
+    // as a 403 InvalidProviderToken on the first push, so catch it here.
+    let key_file = r.path("mediator.apns.key_file", a.key_file);
+    let key_id = r.ident("mediator.apns.key_id", a.key_id, 10..=10, "ABC123DEFG");
+    let team_id = r.ident("mediator.apns.team_id", a.team_id, 10..=10, "DEF123GHIJ");
+    let default_topic = r.ident(
+        "mediator.apns.default_topic",
+        a.default_topic,
+        1..=255,
+        "com.example.phone.voip",
+    );
+    let production_url = r.http_url("mediator.apns.production_url", a.production_url);
+    let sandbox_url = r.http_url("mediator.apns.sandbox_url", a.sandbox_url);
+    let ca_file = r.path("mediator.apns.ca_file", a.ca_file);
+    let key_file = r.required("mediator.apns.key_file", SECTION, key_file, has_file);
+    let key_id = r.required("mediator.apns.key_id", SECTION, key_id, has_key);
+    let team_id = r.required("mediator.apns.team_id", SECTION, team_id, has_team);
+    Some(ApnsConfig {
+        key_file: key_file?,
+        key_id: key_id?,
+        team_id: team_id?,
+        default_topic,
+        production_url: production_url.unwrap_or_else(|| ApnsConfig::PRODUCTION_URL.to_owned()),
+        sandbox_url: sandbox_url.unwrap_or_else(|| ApnsConfig::SANDBOX_URL.to_owned()),
+        ca_file,
+    })
+}
+
+/// `[mediator.fcm]`: `None` (after reporting why) unless the service
+/// account file is given.
+fn convert_fcm(f: RawFcm, r: &mut Reader) -> Option<FcmConfig> {
+    let has_file = f.service_account_file.is_some();
+    let file = r.path("mediator.fcm.service_account_file", f.service_account_file);
+    // Google project ids are 6..=30 lower-case letters, digits and '-';
+    // accept a little more, but nothing that would break the send URL.
+    let project_id = r.ident(
+        "mediator.fcm.project_id",
+        f.project_id,
+        1..=64,
+        "my-project-123",
+    );
+    let send_url = r.http_url("mediator.fcm.send_url", f.send_url);
+    let token_url = r.http_url("mediator.fcm.token_url", f.token_url);
+    let ca_file = r.path("mediator.fcm.ca_file", f.ca_file);
+    let file = r.required(
+        "mediator.fcm.service_account_file",
+        "mediator.fcm",
+        file,
+        has_file,
+    );
+    Some(FcmConfig {
+        service_account_file: file?,
+        project_id,
+        send_url: send_url.unwrap_or_else(|| FcmConfig::SEND_URL.to_owned()),
+        token_url,
+        ca_file,
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -1600,6 +2334,35 @@ fn writable_dir(dir: &Path) -> Result<(), String> {
             probe_dir.display()
         )),
     }
+}
+
+/// A Google service-account key file: JSON with what the OAuth2 flow needs
+/// (`project_id` only when `mediator.fcm.project_id` does not give it).
+fn service_account_file(path: &Path, fcm: &FcmConfig) -> Result<(), String> {
+    let text = fs::read(path).map_err(|e| format!("cannot read {:?}: {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+        format!(
+            "{:?} is not a service-account JSON file: {e}",
+            path.display()
+        )
+    })?;
+    let mut needed = vec!["client_email", "private_key"];
+    if fcm.project_id.is_none() {
+        needed.push("project_id");
+    }
+    let missing: Vec<&str> = needed
+        .into_iter()
+        .filter(|k| !v.get(*k).is_some_and(serde_json::Value::is_string))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "{:?} lacks {} (download the key of a service account from the Firebase \
+             console: Project settings, Service accounts)",
+            path.display(),
+            missing.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// A readable regular file that looks like PEM.

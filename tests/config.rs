@@ -5,6 +5,9 @@ use sipis::config::{
     format_duration, parse_duration, AdminToken, Config, ConfigError, LogFormat, LogLevel, Shards,
     StoreConfig, TlsFiles,
 };
+use sipis::push::client::PushConfig;
+use sipis::push::mediator::{ApnsConfig, FcmConfig, MediatorConfig};
+use sipis::CallConfig;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -99,17 +102,21 @@ fn defaults_are_the_documented_ones() {
 #[test]
 fn example_file_documents_every_key() {
     let keys = Config::known_keys();
-    assert!(keys.len() >= 27, "{keys:?}");
+    assert_eq!(keys.len(), 61, "{keys:?}");
+    // Subsections contribute their keys, not themselves.
+    assert!(keys.contains(&"mediator.apns.key_id".to_owned()));
+    assert!(keys.contains(&"mediator.fcm.send_url".to_owned()));
+    assert!(!keys.contains(&"mediator.apns".to_owned()));
     let mut section = String::new();
     let mut documented = Vec::new();
     for line in EXAMPLE.lines() {
-        let line = line.trim();
-        if let Some(s) = line.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+        // `key = value` or `[section]`, possibly commented out (no default
+        // to set, or an optional subsection such as `# [mediator.apns]`).
+        let l = line.trim().trim_start_matches('#').trim();
+        if let Some(s) = l.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
             section = s.to_owned();
             continue;
         }
-        // `key = value`, possibly commented out (no default to set).
-        let l = line.trim_start_matches('#').trim();
         if let Some((k, _)) = l.split_once(" = ") {
             if k.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
@@ -740,4 +747,767 @@ fn check_reports_every_unusable_file_by_key() {
         e.to_string().contains("cannot read \"/nonexistent/token\""),
         "{e}"
     );
+}
+
+// --- [calls] ----------------------------------------------------------------
+
+#[test]
+fn calls_defaults_match_the_engine_and_the_design() {
+    let c = Config::default();
+    assert_eq!(c.calls, CallConfig::default());
+    assert_eq!(c.calls.device_wait, Duration::from_secs(30));
+    assert_eq!(c.calls.late_wake_window, Duration::from_secs(15));
+    assert_eq!(c.calls.late_wake_guard, Duration::from_secs(1));
+    assert!(c.calls.push_status_header);
+    assert_eq!(c.calls.phone_realm, "sipis");
+    assert_eq!(
+        (c.calls.phone_min_expires, c.calls.phone_max_expires),
+        (60, 3600)
+    );
+    assert_eq!(c.calls.pnsreg, 121);
+}
+
+#[test]
+fn calls_section_takes_every_key() {
+    let c = parse(&with_minimal(
+        "[calls]\ndevice_wait = \"2m\"\nlate_wake_window = \"20s\"\nlate_wake_guard = 750\n\
+         push_status_header = false\nphone_realm = \"phones.example.net\"\n\
+         phone_min_expires = 30\nphone_max_expires = 7200\npnsreg = 300\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.calls,
+        CallConfig {
+            device_wait: Duration::from_secs(120),
+            late_wake_window: Duration::from_secs(20),
+            late_wake_guard: Duration::from_millis(750),
+            push_status_header: false,
+            phone_realm: "phones.example.net".into(),
+            phone_min_expires: 30,
+            phone_max_expires: 7200,
+            pnsreg: 300,
+        }
+    );
+}
+
+#[test]
+fn calls_bad_values_name_their_keys() {
+    for (line, expected) in [
+        (
+            "device_wait = \"0s\"",
+            "calls.device_wait: \"0s\" must be at least 1s",
+        ),
+        (
+            "device_wait = \"11m\"",
+            "calls.device_wait: \"11m\" must be at most 10m",
+        ),
+        (
+            "late_wake_window = \"soon\"",
+            "calls.late_wake_window: expected a duration such as \"500ms\", \"32s\", \"5m\" or \
+             \"1h\" (a bare integer is milliseconds), got \"soon\"",
+        ),
+        (
+            "late_wake_guard = \"10ms\"",
+            "calls.late_wake_guard: \"10ms\" must be at least 50ms",
+        ),
+        (
+            "push_status_header = 1",
+            "calls.push_status_header: expected true or false, got 1",
+        ),
+        ("phone_realm = \"\"", "calls.phone_realm: must not be empty"),
+        (
+            "phone_realm = \"my realm\"",
+            "calls.phone_realm: \"my realm\" must be at most 128 visible ASCII characters \
+             without spaces, quotes or backslashes (it is sent as a quoted string)",
+        ),
+        (
+            "phone_realm = 'say \"hi\"'",
+            "calls.phone_realm: \"say \\\"hi\\\"\" must be at most 128 visible ASCII characters \
+             without spaces, quotes or backslashes (it is sent as a quoted string)",
+        ),
+        (
+            "phone_min_expires = 5",
+            "calls.phone_min_expires: expected seconds 10..=86400, got 5",
+        ),
+        (
+            "phone_max_expires = \"1h\"",
+            "calls.phone_max_expires: expected seconds 10..=604800, got \"1h\"",
+        ),
+        (
+            "pnsreg = 0",
+            "calls.pnsreg: expected seconds 1..=86400, got 0",
+        ),
+    ] {
+        assert_eq!(
+            one_problem(&with_minimal(&format!("[calls]\n{line}\n"))),
+            expected,
+            "{line}"
+        );
+    }
+    let long = "r".repeat(129);
+    let p = one_problem(&with_minimal(&format!(
+        "[calls]\nphone_realm = \"{long}\"\n"
+    )));
+    assert!(p.starts_with("calls.phone_realm: "), "{p}");
+}
+
+#[test]
+fn phone_min_expires_above_max_is_refused() {
+    assert_eq!(
+        one_problem(&with_minimal(
+            "[calls]\nphone_min_expires = 600\nphone_max_expires = 300\npnsreg = 60\n"
+        )),
+        "calls.phone_max_expires: 300 must be at least calls.phone_min_expires (600)"
+    );
+    // Equal is fine.
+    assert!(parse(&with_minimal(
+        "[calls]\nphone_min_expires = 600\nphone_max_expires = 600\n"
+    ))
+    .is_ok());
+}
+
+#[test]
+fn pnsreg_must_be_below_phone_max_expires() {
+    let p = one_problem(&with_minimal(
+        "[calls]\nphone_max_expires = 120\npnsreg = 121\n",
+    ));
+    assert!(
+        p.starts_with("calls.pnsreg: 121 must be below calls.phone_max_expires (120)"),
+        "{p}"
+    );
+    // A wrong phone_max_expires is reported once, without a pnsreg error.
+    assert_eq!(
+        problems(&with_minimal("[calls]\nphone_max_expires = 1\n")),
+        ["calls.phone_max_expires: expected seconds 10..=604800, got 1"]
+    );
+}
+
+// --- [push] -----------------------------------------------------------------
+
+const PUSH_TOKEN: &str = "push-token-0123456789abcdef";
+
+#[test]
+fn push_defaults() {
+    let c = Config::default();
+    assert_eq!(c.push, PushConfig::default());
+    assert_eq!(c.push.mediator_url, None);
+    assert_eq!(c.push.token, None);
+    assert_eq!(c.push.timeout, Duration::from_secs(3));
+    assert_eq!(
+        (c.push.retries, c.push.connections, c.push.queue),
+        (2, 4, 10_000)
+    );
+    assert!(c
+        .summary()
+        .contains("pushes off (push.mediator_url not set)"));
+}
+
+#[test]
+fn push_section_takes_every_key() {
+    let c = parse(&with_minimal(&format!(
+        "[push]\nmediator_url = \"https://mediator.example.net:8443/v1/push?x=1\"\n\
+         token = \"{PUSH_TOKEN}\"\ntimeout = \"1500ms\"\nretries = 0\nconnections = 64\n\
+         queue = 1\n"
+    )))
+    .unwrap();
+    assert_eq!(
+        c.push,
+        PushConfig {
+            mediator_url: Some("https://mediator.example.net:8443/v1/push?x=1".into()),
+            token: Some(PUSH_TOKEN.into()),
+            timeout: Duration::from_millis(1500),
+            retries: 0,
+            connections: 64,
+            queue: 1,
+        }
+    );
+    assert!(c
+        .summary()
+        .contains("pushes to https://mediator.example.net:8443/v1/push?x=1"));
+    // The token never shows in Debug output (of the section or the whole).
+    assert!(!format!("{:?}", c.push).contains(PUSH_TOKEN));
+    assert!(!format!("{c:?}").contains(PUSH_TOKEN));
+    for url in [
+        "http://127.0.0.1:8090/push",
+        "http://[::1]:8090/push",
+        "http://[::1]/push",
+        "http://mediator",
+        "https://mediator.example.net",
+    ] {
+        let c = parse(&with_minimal(&format!(
+            "[push]\nmediator_url = \"{url}\"\n"
+        )))
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(c.push.mediator_url.as_deref(), Some(url));
+    }
+}
+
+#[test]
+fn push_bad_values_name_their_keys() {
+    for (line, expected) in [
+        (
+            "mediator_url = \"ftp://m/push\"",
+            "push.mediator_url: expected an http:// or https:// URL, got \"ftp://m/push\"",
+        ),
+        (
+            "mediator_url = \"127.0.0.1:8090\"",
+            "push.mediator_url: expected an http:// or https:// URL, got \"127.0.0.1:8090\"",
+        ),
+        (
+            "mediator_url = \"http:///push\"",
+            "push.mediator_url: the URL has no host, got \"http:///push\"",
+        ),
+        (
+            "mediator_url = \"http://m:0/push\"",
+            "push.mediator_url: \"0\" is not a port 1..=65535, got \"http://m:0/push\"",
+        ),
+        (
+            "mediator_url = \"http://m:99999/push\"",
+            "push.mediator_url: \"99999\" is not a port 1..=65535, got \"http://m:99999/push\"",
+        ),
+        (
+            "mediator_url = \"http://bad_host/push\"",
+            "push.mediator_url: \"bad_host\" is not a host name or IP address, got \
+             \"http://bad_host/push\"",
+        ),
+        (
+            "mediator_url = \"http://[::1/push\"",
+            "push.mediator_url: unclosed '[' in the URL's host, got \"http://[::1/push\"",
+        ),
+        (
+            "mediator_url = \"http://m/push now\"",
+            "push.mediator_url: the URL must not contain spaces or control characters, got \
+             \"http://m/push now\"",
+        ),
+        (
+            "mediator_url = \"http://m/push#x\"",
+            "push.mediator_url: the URL must not have a #fragment, got \"http://m/push#x\"",
+        ),
+        (
+            "mediator_url = 8090",
+            "push.mediator_url: expected a string, got 8090",
+        ),
+        (
+            "timeout = \"50ms\"",
+            "push.timeout: \"50ms\" must be at least 100ms",
+        ),
+        (
+            "timeout = \"2m\"",
+            "push.timeout: \"2m\" must be at most 1m",
+        ),
+        (
+            "retries = 11",
+            "push.retries: expected a count 0..=10, got 11",
+        ),
+        (
+            "retries = -1",
+            "push.retries: expected a count 0..=10, got -1",
+        ),
+        (
+            "connections = 0",
+            "push.connections: expected a count 1..=64, got 0",
+        ),
+        (
+            "connections = 65",
+            "push.connections: expected a count 1..=64, got 65",
+        ),
+        (
+            "queue = 0",
+            "push.queue: expected a count 1..=1000000, got 0",
+        ),
+        (
+            "token = \"short\"",
+            "push.token: is too short (5 characters, at least 16): generate one with \
+             `openssl rand -hex 32`",
+        ),
+    ] {
+        assert_eq!(
+            one_problem(&with_minimal(&format!("[push]\n{line}\n"))),
+            expected,
+            "{line}"
+        );
+    }
+    // Credentials in the URL are refused, and the message does not echo
+    // the password.
+    let p = one_problem(&with_minimal(
+        "[push]\nmediator_url = \"http://sipis:hunter2@m/push\"\n",
+    ));
+    assert_eq!(
+        p,
+        "push.mediator_url: the URL must not carry credentials (user@): tokens have their own \
+         keys, got \"http://sipis:***@m/push\""
+    );
+}
+
+#[test]
+fn push_token_file_is_read_and_checked() {
+    let dir = temp_dir("push-token");
+    let good = dir.join("good");
+    std::fs::write(&good, format!("\n  {PUSH_TOKEN}  \n")).unwrap();
+    let short = dir.join("short");
+    std::fs::write(&short, "abc\n").unwrap();
+
+    let c = parse(&with_minimal(&format!(
+        "[push]\ntoken_file = {}\n",
+        toml_path(&good)
+    )))
+    .unwrap();
+    assert_eq!(c.push.token.as_deref(), Some(PUSH_TOKEN));
+
+    let p = one_problem(&with_minimal(&format!(
+        "[push]\ntoken_file = {}\n",
+        toml_path(&short)
+    )));
+    assert!(
+        p.starts_with(&format!(
+            "push.token_file: {:?}: the token is too short (3 characters",
+            short.display().to_string()
+        )),
+        "{p}"
+    );
+    let missing = dir.join("missing");
+    let p = one_problem(&with_minimal(&format!(
+        "[push]\ntoken_file = {}\n",
+        toml_path(&missing)
+    )));
+    assert!(
+        p.starts_with(&format!(
+            "push.token_file: cannot read {:?}: ",
+            missing.display().to_string()
+        )),
+        "{p}"
+    );
+    assert_eq!(
+        one_problem(&with_minimal(&format!(
+            "[push]\ntoken = \"{PUSH_TOKEN}\"\ntoken_file = {}\n",
+            toml_path(&good)
+        ))),
+        "push.token_file: set push.token or push.token_file, not both"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// --- [mediator] -------------------------------------------------------------
+
+const MEDIATOR_TOKEN: &str = "mediator-token-0123456789abcdef";
+
+const APNS: &str = "[mediator.apns]\nkey_file = \"/etc/sipis/AuthKey.p8\"\n\
+                    key_id = \"ABC123DEFG\"\nteam_id = \"DEF123GHIJ\"\n";
+
+#[test]
+fn mediator_defaults() {
+    let c = Config::default();
+    assert_eq!(c.mediator, MediatorConfig::default());
+    assert_eq!(c.mediator.listen.to_string(), "127.0.0.1:8090");
+    assert_eq!(c.mediator.token, None);
+    assert!(!c.mediator.in_process);
+    assert_eq!(
+        (c.mediator.apns.clone(), c.mediator.fcm.clone()),
+        (None, None)
+    );
+    assert_eq!(c.mediator.request_timeout, Duration::from_secs(5));
+    assert_eq!(c.mediator.deadline, Duration::from_secs(10));
+    assert_eq!(c.mediator.concurrency, 256);
+}
+
+#[test]
+fn mediator_section_with_apns_and_fcm() {
+    let c = parse(&with_minimal(&format!(
+        "[mediator]\nlisten = \"0.0.0.0:9443\"\ntoken = \"{MEDIATOR_TOKEN}\"\nin_process = true\n\
+         request_timeout = \"2s\"\ndeadline = \"2s\"\nconcurrency = 32\n\
+         [mediator.apns]\nkey_file = \"/k.p8\"\nkey_id = \"ABC123DEFG\"\nteam_id = \"DEF123GHIJ\"\n\
+         default_topic = \"com.example.phone.voip\"\nproduction_url = \"http://127.0.0.1:4431\"\n\
+         sandbox_url = \"http://[::1]:4432\"\nca_file = \"/ca.pem\"\n\
+         [mediator.fcm]\nservice_account_file = \"/sa.json\"\nproject_id = \"my-project-123\"\n\
+         send_url = \"http://127.0.0.1:4433/v1/projects/{{project}}/messages:send\"\n\
+         token_url = \"http://127.0.0.1:4433/token\"\nca_file = \"/ca2.pem\"\n\
+         [push]\ntoken = \"{MEDIATOR_TOKEN}\"\n"
+    )))
+    .unwrap();
+    assert_eq!(
+        c.mediator,
+        MediatorConfig {
+            listen: "0.0.0.0:9443".parse().unwrap(),
+            token: Some(MEDIATOR_TOKEN.into()),
+            in_process: true,
+            apns: Some(ApnsConfig {
+                key_file: "/k.p8".into(),
+                key_id: "ABC123DEFG".into(),
+                team_id: "DEF123GHIJ".into(),
+                default_topic: Some("com.example.phone.voip".into()),
+                production_url: "http://127.0.0.1:4431".into(),
+                sandbox_url: "http://[::1]:4432".into(),
+                ca_file: Some("/ca.pem".into()),
+            }),
+            fcm: Some(FcmConfig {
+                service_account_file: "/sa.json".into(),
+                project_id: Some("my-project-123".into()),
+                send_url: "http://127.0.0.1:4433/v1/projects/{project}/messages:send".into(),
+                token_url: Some("http://127.0.0.1:4433/token".into()),
+                ca_file: Some("/ca2.pem".into()),
+            }),
+            request_timeout: Duration::from_secs(2),
+            deadline: Duration::from_secs(2),
+            concurrency: 32,
+        }
+    );
+    let s = c.summary();
+    assert!(
+        s.contains(
+            "pushes to the in-process mediator on 0.0.0.0:9443; mediator in process (APNs, FCM)"
+        ),
+        "{s}"
+    );
+    assert!(!format!("{c:?}").contains(MEDIATOR_TOKEN));
+}
+
+#[test]
+fn apns_and_fcm_endpoints_default_to_the_real_services() {
+    let c = parse(&with_minimal(&format!(
+        "{APNS}[mediator.fcm]\nservice_account_file = \"/sa.json\"\n"
+    )))
+    .unwrap();
+    let apns = c.mediator.apns.unwrap();
+    assert_eq!(apns.production_url, "https://api.push.apple.com");
+    assert_eq!(apns.sandbox_url, "https://api.sandbox.push.apple.com");
+    assert_eq!((apns.default_topic, apns.ca_file), (None, None));
+    let fcm = c.mediator.fcm.unwrap();
+    assert_eq!(
+        fcm.send_url,
+        "https://fcm.googleapis.com/v1/projects/{project}/messages:send"
+    );
+    assert_eq!(
+        (fcm.project_id, fcm.token_url, fcm.ca_file),
+        (None, None, None)
+    );
+}
+
+#[test]
+fn subsection_without_its_required_keys_names_each() {
+    assert_eq!(
+        problems(&with_minimal(
+            "[mediator.apns]\ndefault_topic = \"a.b.voip\"\n"
+        )),
+        [
+            "mediator.apns.key_file: required in [mediator.apns]",
+            "mediator.apns.key_id: required in [mediator.apns]",
+            "mediator.apns.team_id: required in [mediator.apns]",
+        ]
+    );
+    assert_eq!(
+        one_problem(&with_minimal("[mediator.fcm]\nproject_id = \"p-1\"\n")),
+        "mediator.fcm.service_account_file: required in [mediator.fcm]"
+    );
+    // An empty inline table is the section too.
+    assert_eq!(
+        one_problem(&with_minimal("[mediator]\nfcm = {}\n")),
+        "mediator.fcm.service_account_file: required in [mediator.fcm]"
+    );
+}
+
+#[test]
+fn mediator_bad_values_name_their_keys() {
+    for (text, expected) in [
+        (
+            "[mediator]\nlisten = \"8090\"\n",
+            "mediator.listen: expected IP:port such as \"127.0.0.1:8080\" or \"[::1]:8080\", got \"8090\"",
+        ),
+        (
+            "[mediator]\nin_process = \"yes\"\n",
+            "mediator.in_process: expected true or false, got \"yes\"",
+        ),
+        (
+            "[mediator]\nrequest_timeout = \"0s\"\n",
+            "mediator.request_timeout: \"0s\" must be at least 100ms",
+        ),
+        (
+            "[mediator]\ndeadline = \"1h\"\n",
+            "mediator.deadline: \"1h\" must be at most 10m",
+        ),
+        (
+            "[mediator]\nconcurrency = 0\n",
+            "mediator.concurrency: expected a count 1..=65536, got 0",
+        ),
+        (
+            "[mediator]\ntoken = \"x\"\n",
+            "mediator.token: is too short (1 characters, at least 16): generate one with \
+             `openssl rand -hex 32`",
+        ),
+        (
+            "[mediator]\ntoken = \"0123456789abcdef\"\ntoken_file = \"/t\"\n",
+            "mediator.token_file: set mediator.token or mediator.token_file, not both",
+        ),
+        (
+            &APNS.replace("ABC123DEFG", "ABC123DEF"),
+            "mediator.apns.key_id: expected 10 characters of letters, digits, '.', '-' or '_' \
+             (such as \"ABC123DEFG\"), got \"ABC123DEF\"",
+        ),
+        (
+            &APNS.replace("DEF123GHIJ", "DEF 123GHI"),
+            "mediator.apns.team_id: expected 10 characters of letters, digits, '.', '-' or '_' \
+             (such as \"DEF123GHIJ\"), got \"DEF 123GHI\"",
+        ),
+        (
+            &APNS.replace("\"/etc/sipis/AuthKey.p8\"", "\"\""),
+            "mediator.apns.key_file: must not be empty",
+        ),
+        (
+            &format!("{APNS}default_topic = \"com.example/voip\"\n"),
+            "mediator.apns.default_topic: expected 1..=255 characters of letters, digits, '.', \
+             '-' or '_' (such as \"com.example.phone.voip\"), got \"com.example/voip\"",
+        ),
+        (
+            &format!("{APNS}production_url = \"api.push.apple.com\"\n"),
+            "mediator.apns.production_url: expected an http:// or https:// URL, got \
+             \"api.push.apple.com\"",
+        ),
+        (
+            &format!("{APNS}sandbox_url = \"https://:443\"\n"),
+            "mediator.apns.sandbox_url: \"\" is not a host name or IP address, got \"https://:443\"",
+        ),
+        (
+            "[mediator.fcm]\nservice_account_file = \"/sa.json\"\nsend_url = \"fcm\"\n",
+            "mediator.fcm.send_url: expected an http:// or https:// URL, got \"fcm\"",
+        ),
+        (
+            "[mediator.fcm]\nservice_account_file = \"/sa.json\"\ntoken_url = \"http://t:0/\"\n",
+            "mediator.fcm.token_url: \"0\" is not a port 1..=65535, got \"http://t:0/\"",
+        ),
+        (
+            "[mediator.fcm]\nservice_account_file = \"/sa.json\"\nproject_id = \"a/b\"\n",
+            "mediator.fcm.project_id: expected 1..=64 characters of letters, digits, '.', '-' or \
+             '_' (such as \"my-project-123\"), got \"a/b\"",
+        ),
+        (
+            "[mediator.fcm]\nservice_account_file = 3\n",
+            "mediator.fcm.service_account_file: expected a string, got 3",
+        ),
+    ] {
+        assert_eq!(one_problem(&with_minimal(text)), expected, "{text}");
+    }
+}
+
+#[test]
+fn mediator_deadline_below_request_timeout_is_refused() {
+    assert_eq!(
+        one_problem(&with_minimal(
+            "[mediator]\nrequest_timeout = \"5s\"\ndeadline = \"4s\"\n"
+        )),
+        "mediator.deadline: \"4s\" must be at least mediator.request_timeout (5s): the \
+         deadline covers every attempt of a push"
+    );
+}
+
+#[test]
+fn mediator_on_a_public_address_needs_a_token() {
+    let p = one_problem(&with_minimal("[mediator]\nlisten = \"0.0.0.0:8090\"\n"));
+    assert!(
+        p.starts_with(
+            "mediator.token: required (or mediator.token_file) when mediator.listen is not \
+             loopback (\"0.0.0.0:8090\")"
+        ),
+        "{p}"
+    );
+    assert!(parse(&with_minimal(&format!(
+        "[mediator]\nlisten = \"0.0.0.0:8090\"\ntoken = \"{MEDIATOR_TOKEN}\"\n"
+    )))
+    .is_ok());
+}
+
+#[test]
+fn in_process_mediator_needs_a_service_and_the_push_token() {
+    assert_eq!(
+        one_problem(&with_minimal("[mediator]\nin_process = true\n")),
+        "mediator.in_process: needs [mediator.apns] or [mediator.fcm]: the mediator would \
+         have nowhere to send pushes"
+    );
+    // A subsection that is itself wrong is reported once, not again as
+    // missing.
+    assert_eq!(
+        problems(&with_minimal(
+            "[mediator]\nin_process = true\n[mediator.fcm]\nproject_id = \"p\"\n"
+        )),
+        ["mediator.fcm.service_account_file: required in [mediator.fcm]"]
+    );
+    let with_token = format!("[mediator]\nin_process = true\ntoken = \"{MEDIATOR_TOKEN}\"\n{APNS}");
+    assert_eq!(
+        one_problem(&with_minimal(&with_token)),
+        "push.token: must be the same token as mediator.token when pushes go to the \
+         in-process mediator (push.mediator_url not set): it would refuse every push"
+    );
+    let same = format!("{with_token}[push]\ntoken = \"{MEDIATOR_TOKEN}\"\n");
+    let c = parse(&with_minimal(&same)).unwrap();
+    assert_eq!(c.push.token, c.mediator.token);
+    // With its own URL the push client goes elsewhere: no comparison.
+    let elsewhere = format!("{with_token}[push]\nmediator_url = \"http://10.0.0.5:8090/push\"\n");
+    assert!(parse(&with_minimal(&elsewhere)).is_ok());
+}
+
+#[test]
+fn mediator_listen_may_not_take_the_admin_or_a_sip_port() {
+    assert_eq!(
+        one_problem(&with_minimal("[mediator]\nlisten = \"127.0.0.1:8080\"\n")),
+        "mediator.listen: port 8080 is admin.listen's"
+    );
+    assert_eq!(
+        one_problem(&with_minimal(
+            "shards = 2\n[mediator]\nlisten = \"127.0.0.1:5061\"\n"
+        )),
+        "mediator.listen: port 5061 is shard 0's SIP port"
+    );
+    // Other addresses do not collide.
+    assert!(parse(
+        "[server]\nbind = \"192.0.2.10\"\n[admin]\nlisten = \"127.0.0.1:8080\"\n\
+         [mediator]\nlisten = \"127.0.0.2:8080\"\n"
+    )
+    .is_ok());
+}
+
+#[test]
+fn unknown_keys_and_sections_under_mediator_name_their_place() {
+    assert_eq!(
+        one_problem(&with_minimal(&format!("{APNS}key_fle = \"/k.p8\"\n"))),
+        "unknown key \"key_fle\" in [mediator.apns] (did you mean \"key_file\"?)"
+    );
+    assert_eq!(
+        one_problem(&with_minimal("[mediator.apn]\nkey_id = \"ABC123DEFG\"\n")),
+        "unknown section [mediator.apn] (did you mean [mediator.apns]?)"
+    );
+    assert_eq!(
+        one_problem(&with_minimal("[apns]\nkey_id = \"ABC123DEFG\"\n")),
+        "unknown section [apns] (did you mean [mediator.apns]?)"
+    );
+    assert_eq!(
+        one_problem(&with_minimal("[mediator]\nkey_id = \"ABC123DEFG\"\n")),
+        "unknown key \"key_id\" in [mediator] (it belongs in [mediator.apns])"
+    );
+    assert_eq!(
+        one_problem(&with_minimal("[push]\ndevice_wait = \"30s\"\n")),
+        "unknown key \"device_wait\" in [push] (it belongs in [calls])"
+    );
+    assert_eq!(
+        one_problem(&with_minimal("[mediator]\napns = 5\n")),
+        "mediator.apns: expected a section [mediator.apns], got 5"
+    );
+    let e = parse(&with_minimal(
+        "[mediator.fcm]\nservice_account_file = \"/s\"\nsend = 1\n",
+    ))
+    .unwrap_err();
+    assert_eq!(e.key().as_deref(), Some("mediator.fcm.send"));
+    let p = one_problem(&with_minimal("[server.tls]\ncert = \"x\"\n"));
+    assert!(
+        p.starts_with("unknown section [server.tls] (sections: [server], [sip], [calls], [push], [mediator], [mediator.apns], [mediator.fcm], [store]"),
+        "{p}"
+    );
+}
+
+#[test]
+fn example_file_with_its_push_sections_uncommented_is_valid() {
+    // The commented [mediator.apns] and [mediator.fcm] blocks are real
+    // syntax with the documented defaults.
+    let mut text = String::new();
+    let mut inside = false;
+    for line in EXAMPLE.lines() {
+        let header = |l: &str| l.starts_with('[') && l.ends_with(']');
+        let commented_header = line.strip_prefix("# ").is_some_and(header);
+        if commented_header {
+            inside = true;
+        } else if header(line) {
+            inside = false;
+        }
+        let uncomment = inside && (commented_header || line.contains(" = "));
+        text.push_str(if uncomment { &line[2..] } else { line });
+        text.push('\n');
+    }
+    let c = parse(&text).unwrap();
+    assert_eq!(
+        c.mediator.apns,
+        Some(ApnsConfig {
+            key_file: "/etc/sipis/AuthKey_ABC123DEFG.p8".into(),
+            key_id: "ABC123DEFG".into(),
+            team_id: "DEF123GHIJ".into(),
+            default_topic: Some("com.example.phone.voip".into()),
+            production_url: ApnsConfig::PRODUCTION_URL.into(),
+            sandbox_url: ApnsConfig::SANDBOX_URL.into(),
+            ca_file: Some("/etc/sipis/test-ca.pem".into()),
+        })
+    );
+    let fcm = c.mediator.fcm.unwrap();
+    assert_eq!(fcm.send_url, FcmConfig::SEND_URL);
+    assert_eq!(fcm.project_id.as_deref(), Some("my-project-123"));
+    assert_eq!(
+        fcm.token_url.as_deref(),
+        Some("https://oauth2.googleapis.com/token")
+    );
+}
+
+#[test]
+fn check_reports_unusable_push_files_by_key() {
+    let dir = temp_dir("push-files");
+    std::fs::write(dir.join("key.p8"), "not a key").unwrap();
+    std::fs::write(
+        dir.join("sa.json"),
+        r#"{"type":"service_account","client_email":"x@p.iam.gserviceaccount.com"}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("bad.json"), "{").unwrap();
+    let text = format!(
+        "[server]\npublic_host = \"h.example\"\ndata_dir = {}\n\
+         [mediator.apns]\nkey_file = {}\nkey_id = \"ABC123DEFG\"\nteam_id = \"DEF123GHIJ\"\n\
+         ca_file = {}\n\
+         [mediator.fcm]\nservice_account_file = {}\n",
+        toml_path(&dir),
+        toml_path(&dir.join("key.p8")),
+        toml_path(&dir.join("missing-ca.pem")),
+        toml_path(&dir.join("sa.json")),
+    );
+    let c = parse(&text).unwrap();
+    let problems: Vec<String> = c.check().iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("mediator.apns.key_file: ") && problems[0].contains("is not PEM"),
+        "{}",
+        problems[0]
+    );
+    assert!(
+        problems[1].starts_with("mediator.apns.ca_file: cannot read"),
+        "{}",
+        problems[1]
+    );
+    assert!(
+        problems[2].starts_with("mediator.fcm.service_account_file: ")
+            && problems[2].contains("lacks private_key, project_id"),
+        "{}",
+        problems[2]
+    );
+
+    // Not JSON at all; and a complete file passes (project_id from config).
+    let c = parse(&format!(
+        "[server]\npublic_host = \"h.example\"\ndata_dir = {}\n\
+         [mediator.fcm]\nservice_account_file = {}\n",
+        toml_path(&dir),
+        toml_path(&dir.join("bad.json")),
+    ))
+    .unwrap();
+    let p: Vec<String> = c.check().iter().map(|p| p.to_string()).collect();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].contains("is not a service-account JSON file"),
+        "{}",
+        p[0]
+    );
+    std::fs::write(
+        dir.join("sa.json"),
+        r#"{"client_email":"x@p.iam.gserviceaccount.com","private_key":"-----BEGIN PRIVATE KEY-----\n"}"#,
+    )
+    .unwrap();
+    let c = parse(&format!(
+        "[server]\npublic_host = \"h.example\"\ndata_dir = {}\n\
+         [mediator.fcm]\nservice_account_file = {}\nproject_id = \"p-1\"\n",
+        toml_path(&dir),
+        toml_path(&dir.join("sa.json")),
+    ))
+    .unwrap();
+    assert!(c.check().is_empty(), "{:?}", c.check());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

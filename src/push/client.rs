@@ -1,9 +1,10 @@
 //! The push client: posts [`super::PushRequest`]s to the mediator.
 
+use std::fmt;
 use std::time::Duration;
 
 /// `[push]`: where and how sipis sends pushes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PushConfig {
     /// The mediator's endpoint (`http://host:port/push` or `https://…`).
     /// `None` with `mediator.in_process`: the in-process mediator's listen
@@ -31,5 +32,19 @@ impl Default for PushConfig {
             connections: 4,
             queue: 10_000,
         }
+    }
+}
+
+impl fmt::Debug for PushConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PushConfig")
+            .field("mediator_url", &self.mediator_url)
+            // A secret: never in logs or panics.
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("connections", &self.connections)
+            .field("queue", &self.queue)
+            .finish()
     }
 }
