@@ -695,7 +695,12 @@ impl Config {
                 ),
             ));
         }
-        if addresses_overlap(m.listen.ip(), a.listen.ip()) && m.listen.port() == a.listen.port() {
+        // In the same process the mediator's port is sure to clash; a
+        // standalone `sipis mediator` may well run on another host.
+        if m.in_process
+            && addresses_overlap(m.listen.ip(), a.listen.ip())
+            && m.listen.port() == a.listen.port()
+        {
             out.push((
                 &["mediator.listen", "admin.listen"],
                 ConfigError::invalid(
@@ -704,7 +709,7 @@ impl Config {
                 ),
             ));
         }
-        if let Some(what) = self.sip_port_at(m.listen) {
+        if let Some(what) = self.sip_port_at(m.listen).filter(|_| m.in_process) {
             out.push((
                 &["mediator.listen", "server.sip_port", "server.shards"],
                 ConfigError::invalid(

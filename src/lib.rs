@@ -36,6 +36,9 @@
 //!   shared-port router, `serve`.
 //! - [`store`] — durable state: SQLite and PostgreSQL backends behind one
 //!   trait, the store thread shards talk to, CSV import.
+//! - [`push`] — the unified push protocol (JSON to the mediator); its
+//!   `client` posts pushes over HTTP/1.1 keep-alive
+//!   ([`push::client::PushClient`]), its `mediator` speaks APNs and FCM.
 //! - [`http`] — the admin API (provisioning, health, metrics) on httparse.
 //! - [`metrics`] — Prometheus text exposition helpers.
 //! - [`config`] — the TOML configuration and its checks.

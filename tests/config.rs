@@ -1344,22 +1344,31 @@ fn in_process_mediator_needs_a_service_and_the_push_token() {
 }
 
 #[test]
-fn mediator_listen_may_not_take_the_admin_or_a_sip_port() {
+fn in_process_mediator_may_not_take_the_admin_or_a_sip_port() {
+    let in_process = |listen: &str| {
+        with_minimal(&format!(
+            "shards = 2\n[mediator]\nin_process = true\nlisten = \"{listen}\"\n{APNS}"
+        ))
+    };
     assert_eq!(
-        one_problem(&with_minimal("[mediator]\nlisten = \"127.0.0.1:8080\"\n")),
+        one_problem(&in_process("127.0.0.1:8080")),
         "mediator.listen: port 8080 is admin.listen's"
     );
     assert_eq!(
-        one_problem(&with_minimal(
-            "shards = 2\n[mediator]\nlisten = \"127.0.0.1:5061\"\n"
-        )),
+        one_problem(&in_process("127.0.0.1:5061")),
         "mediator.listen: port 5061 is shard 0's SIP port"
     );
+    // A mediator run on its own (`sipis mediator`) may live on another
+    // host: its port is not compared.
+    assert!(parse(&with_minimal(
+        "shards = 2\n[mediator]\nlisten = \"127.0.0.1:5061\"\n"
+    ))
+    .is_ok());
     // Other addresses do not collide.
-    assert!(parse(
+    assert!(parse(&format!(
         "[server]\nbind = \"192.0.2.10\"\n[admin]\nlisten = \"127.0.0.1:8080\"\n\
-         [mediator]\nlisten = \"127.0.0.2:8080\"\n"
-    )
+         [mediator]\nin_process = true\nlisten = \"127.0.0.2:8080\"\n{APNS}"
+    ))
     .is_ok());
 }
 
