@@ -9,7 +9,8 @@ use crate::http::{
 };
 use crate::metrics::{counter, gauge, summary_from_histogram};
 use crate::parser::{Host, Scheme, Uri};
-use crate::push::PushRequest;
+use crate::push::client::PushClient;
+use crate::push::{PushOutcome, PushRequest, PushResult};
 use crate::store::{
     new_token, parse_accounts_csv, AccountRecord, PgOptions, PostgresStore, SqliteStore, Store,
     StoreHandle, StoreThread,
@@ -98,6 +99,7 @@ pub struct Server {
 
 /// What the admin API needs: the store, the shards, the resolver cache.
 struct Core {
+    push: Arc<PushClient>,
     store: StoreHandle,
     shards: Shards,
     started: Instant,
@@ -185,7 +187,34 @@ impl Server {
             sink.clone(),
         )
         .map_err(ServeError::Runtime)?;
+        // Pushes: the client posts to the mediator and hands each outcome
+        // back to the shard that owns the account.
+        let results = shards.push_results();
+        let mut push_cfg = cfg.push.clone();
+        if push_cfg.mediator_url.is_none() && cfg.mediator.in_process {
+            push_cfg.mediator_url = Some(format!("http://{}/push", cfg.mediator.listen));
+        }
+        let deliver = results.clone();
+        let client = Arc::new(
+            PushClient::start(&push_cfg, move |o| deliver.deliver(o))
+                .map_err(|e| ServeError::Admin(format!("push client: {e}")))?,
+        );
+        let pusher = client.clone();
+        let _ = sink.pusher.set(Box::new(move |req: PushRequest| {
+            if let Err(req) = pusher.submit(req) {
+                // The queue is full: the push fails at once, so the call
+                // does not wait for a device that was never woken.
+                results.deliver(PushOutcome {
+                    id: req.id,
+                    account: req.account,
+                    device: req.device.id,
+                    result: PushResult::Failed,
+                    error: Some("push queue full (push.queue)".into()),
+                });
+            }
+        }));
         let core = Arc::new(Core {
+            push: client,
             store,
             shards,
             started: Instant::now(),
@@ -759,6 +788,7 @@ impl AdminApi for Core {
                 summary_from_histogram(out, name, help, &[], &h, 1e-6);
             }
         }
+        self.push.render_metrics(out);
         gauge(
             out,
             "sipis_store_available",
