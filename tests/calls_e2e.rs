@@ -14,10 +14,11 @@
 //! `-trace_msg` message logs, the JSON the mediator received, the replies
 //! Kamailio logged) or sipp's exit status.
 //!
-//! So far it holds the peer checks (Kamailio's config, forking and CANCEL
-//! Reasons, the sipp scenarios against stand-ins, the mediator stub) and the
-//! registration of alice and bob by today's sipis; the call-flow tests,
-//! which need sipis's call engine, come next.
+//! The tests of the call flow itself need sipis's call engine (`[calls]`,
+//! `[push]`); until it is on the branch they fail at start-up saying so.
+//! The peer checks (Kamailio's config, forking and CANCEL Reasons, the
+//! sipp scenarios against stand-ins) and the registration of alice and bob
+//! by today's sipis run without it.
 //!
 //! Needs `kamailio` and `sipp` (`apt-get install kamailio sip-tester`).
 //! The tests run one at a time (a lock in the harness); about 40 s in all.
@@ -31,6 +32,9 @@ mod calls;
 use calls::*;
 use std::time::Duration;
 
+/// How long the test waits for sipis's `incoming_call` push after the
+/// caller starts.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// `+sip.pnsreg` sipis advertises (calls.pnsreg, default 121).
 const PNSREG: &str = "121";
 
@@ -41,6 +45,100 @@ fn caller_invite(caller: &SippRun) -> (&SipMsg, String) {
     let invite = caller.expect_sent_request("INVITE");
     let call_id = invite.call_id().expect("caller's Call-ID").to_string();
     (invite, call_id)
+}
+
+/// The `incoming_call` push matches the call and the device
+/// (`device_name`: the admin API's name, if the device was put there).
+fn check_incoming_call_push(
+    push: &Push,
+    account: &Account,
+    prid: &str,
+    device_name: Option<&str>,
+    caller: &SippRun,
+    started_ms: u64,
+) {
+    let (invite, call_id) = caller_invite(caller);
+    let b = &push.body;
+    assert_eq!(push.method, "POST", "push request: {b}");
+    assert_eq!(push.path, "/push", "push request path");
+    assert!(
+        push.headers
+            .get("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "push Content-Type: {:?}",
+        push.headers.get("content-type")
+    );
+    let id = b["id"].as_str().unwrap_or("");
+    assert!(
+        id.len() == 16 && id.bytes().all(|c| c.is_ascii_hexdigit()),
+        "push id should be 16 hex digits: {b}"
+    );
+    assert_eq!(b["kind"], "incoming_call", "{b}");
+    assert_eq!(b["account"].as_u64(), Some(account.id), "push account: {b}");
+    let d = &b["device"];
+    if let Some(name) = device_name {
+        assert_eq!(d["id"], name, "push device id: {b}");
+    } else {
+        assert!(
+            d["id"].as_str().is_some_and(|s| !s.is_empty()),
+            "push device id: {b}"
+        );
+    }
+    assert_eq!(d["platform"], "apns", "{b}");
+    assert_eq!(d["token"], prid, "push token = pn-prid: {b}");
+    assert_eq!(
+        d["topic"], APNS_TOPIC,
+        "APNs topic = pn-param without the team id: {b}"
+    );
+    assert_eq!(d["environment"], "production", "{b}");
+    let c = &b["call"];
+    assert_eq!(
+        c["call_id"].as_str(),
+        Some(call_id.as_str()),
+        "pushed call_id = the caller's Call-ID: {b}"
+    );
+    let from = invite.header("From").expect("caller's From");
+    assert_eq!(
+        c["caller_uri"].as_str(),
+        Some(SipMsg::uri_of(from)),
+        "caller_uri = the caller's From URI, without tag: {b}"
+    );
+    assert_eq!(c["caller_name"], CALLER_NAME, "caller_name: {b}");
+    assert_eq!(c["callee"].as_str(), Some(account.aor.as_str()), "{b}");
+    let ts = b["timestamp_ms"].as_u64().unwrap_or(0);
+    assert!(
+        ts + 1000 >= started_ms && ts <= unix_ms() + 1000,
+        "timestamp_ms {ts} not within the test ({started_ms}..now): {b}"
+    );
+}
+
+/// The caller heard sipis's 180 with `X-Sipis-Push-Status`, and Kamailio
+/// received sipis's `100 Trying` (hop by hop: it never reaches the
+/// caller) and that 180 from the account's shard port.
+fn check_caller_ringing(peers: &Peers, caller: &SippRun, account: &Account) {
+    let (_, call_id) = caller_invite(caller);
+    let ringing = caller.expect_response(180, "INVITE");
+    assert_eq!(
+        ringing.header("X-Sipis-Push-Status"),
+        Some("Push-Notification-Sent"),
+        "the caller's 180:\n{}",
+        ringing.raw
+    );
+    let shard = format!("127.0.0.1:{}", peers.sipis().shard_port(account));
+    let replies = peers.provider().replies_from(&call_id, &shard);
+    assert!(
+        replies.iter().any(|l| l.starts_with("RX-RPL 100 ")),
+        "Kamailio got no 100 Trying from sipis ({shard}) for {call_id}; it logged:\n{}",
+        peers.provider().traffic(&call_id).join("\n")
+    );
+    assert!(
+        replies
+            .iter()
+            .any(|l| l.starts_with("RX-RPL 180 ")
+                && l.contains("push-status=[Push-Notification-Sent]")),
+        "Kamailio got no 180 with X-Sipis-Push-Status from sipis ({shard}); it logged:\n{}",
+        peers.provider().traffic(&call_id).join("\n")
+    );
 }
 
 /// The phone registered the RFC 8599 way: challenged in realm "sipis"
@@ -206,6 +304,268 @@ fn check_caller_480(caller: &SippRun, wait: Duration) {
         after >= w - 0.25 && after <= w + 3.0,
         "480 {after:.2} s after the INVITE; the device wait is {w} s"
     );
+}
+
+// ---- the call flow (needs the call engine) ---------------------------------------
+
+#[test]
+fn answered_call_caller_hangs_up() {
+    let mut peers = Peers::start("answered-caller-bye", true, SipisMode::Calls);
+    let alice = peers.provision("alice");
+    let prid = random_prid();
+    // The device comes from the phone's own REGISTER; the phone then goes
+    // to sleep (exits without unregistering).
+    let reg = peers.phone("phone-register", "alice", &prid, None).wait();
+    reg.assert_success();
+    check_phone_registration(&reg);
+
+    let started = unix_ms();
+    let caller = peers.caller("caller", "caller_hangs_up.xml", "alice");
+    let push = peers
+        .mediator()
+        .wait_push("incoming_call", None, PUSH_TIMEOUT);
+    // The push "wakes" the phone.
+    let phone = peers.phone("phone", "alice", &prid, Some("phone_answers.xml"));
+    let caller = caller.wait();
+    let phone = phone.wait();
+
+    check_incoming_call_push(&push, &alice, &prid, None, &caller, started);
+    check_caller_ringing(&peers, &caller, &alice);
+    check_phone_registration(&phone);
+    let (_, call_id) = caller_invite(&caller);
+    let invite = check_phone_invite(&phone, &caller, &alice.aor);
+    // The phone's answer reaches the caller with its SDP.
+    let answer = phone.expect_sent_response(200, "INVITE");
+    let c_ok = caller.expect_response(200, "INVITE");
+    assert_eq!(c_ok.body, answer.body, "the phone's SDP, unchanged");
+    let ack = phone.expect_request("ACK");
+    assert_eq!(ack.call_id(), invite.call_id());
+    // The caller's BYE reaches the phone, whose 200 reaches the caller.
+    let bye = phone.expect_request("BYE");
+    assert_eq!(bye.call_id(), Some(call_id.as_str()));
+    caller.expect_response(200, "BYE");
+    caller.assert_success();
+    phone.assert_success();
+    assert_eq!(
+        peers
+            .pushes()
+            .iter()
+            .filter(|p| p.kind() == "incoming_call")
+            .count(),
+        1,
+        "one incoming_call push per device"
+    );
+}
+
+#[test]
+fn answered_call_phone_hangs_up() {
+    let mut peers = Peers::start("answered-phone-bye", true, SipisMode::Calls);
+    let alice = peers.provision("alice");
+    let prid = random_prid();
+    // The device comes from the admin API.
+    peers.put_device(&alice, "iphone", &prid);
+
+    let started = unix_ms();
+    let caller = peers.caller("caller", "caller_waits_for_bye.xml", "alice");
+    let push = peers
+        .mediator()
+        .wait_push("incoming_call", None, PUSH_TIMEOUT);
+    let phone = peers.phone("phone", "alice", &prid, Some("phone_answers_hangs_up.xml"));
+    let caller = caller.wait();
+    let phone = phone.wait();
+
+    check_incoming_call_push(&push, &alice, &prid, Some("iphone"), &caller, started);
+    check_caller_ringing(&peers, &caller, &alice);
+    check_phone_registration(&phone);
+    let (_, call_id) = caller_invite(&caller);
+    check_phone_invite(&phone, &caller, &alice.aor);
+    let answer = phone.expect_sent_response(200, "INVITE");
+    assert_eq!(
+        caller.expect_response(200, "INVITE").body,
+        answer.body,
+        "the phone's SDP, unchanged"
+    );
+    // The phone's BYE reaches the caller; the caller's 200 reaches the phone.
+    phone.expect_sent_request("BYE");
+    let bye = caller.expect_request("BYE");
+    assert_eq!(bye.call_id(), Some(call_id.as_str()), "BYE's Call-ID");
+    let c_ok = caller.expect_response(200, "INVITE");
+    assert_eq!(
+        SipMsg::tag_of(bye.header("From").unwrap_or("")),
+        SipMsg::tag_of(c_ok.header("To").unwrap_or("")),
+        "the BYE comes from the dialog the caller's 200 set up"
+    );
+    phone.expect_response(200, "BYE");
+    caller.assert_success();
+    phone.assert_success();
+}
+
+#[test]
+fn caller_cancels_before_wake_phone_gets_invite_then_plain_cancel() {
+    let mut peers = Peers::start("late-wake-caller-cancel", true, SipisMode::Calls);
+    let alice = peers.provision("alice");
+    let prid = random_prid();
+    let reg = peers.phone("phone-register", "alice", &prid, None).wait();
+    reg.assert_success();
+
+    let started = unix_ms();
+    let caller = peers.caller("caller", "caller_cancels.xml", "alice");
+    let push = peers
+        .mediator()
+        .wait_push("incoming_call", None, PUSH_TIMEOUT);
+    // The phone wakes only after the caller has gone.
+    let caller = caller.wait();
+    caller.assert_success();
+    check_incoming_call_push(&push, &alice, &prid, None, &caller, started);
+    check_caller_ringing(&peers, &caller, &alice);
+    let (c_invite, call_id) = caller_invite(&caller);
+    assert!(
+        caller
+            .expect_sent_request("CANCEL")
+            .header("Reason")
+            .is_none(),
+        "this caller hangs up without a Reason"
+    );
+    caller.expect_response(487, "INVITE");
+    // sipis itself answered Kamailio's CANCEL and ended the INVITE.
+    let shard = format!("127.0.0.1:{}", peers.sipis().shard_port(&alice));
+    let replies = peers.provider().replies_from(&call_id, &shard);
+    assert!(
+        replies.iter().any(|l| l.starts_with("RX-RPL 487 ")),
+        "no 487 from sipis ({shard}):\n{}",
+        peers.provider().traffic(&call_id).join("\n")
+    );
+
+    let phone = peers
+        .phone(
+            "phone",
+            "alice",
+            &prid,
+            Some("phone_rings_until_cancel.xml"),
+        )
+        .wait();
+    let woke = phone
+        .sent_request("REGISTER")
+        .map(|m| m.at - c_invite.at)
+        .unwrap_or(0.0);
+    assert!(
+        woke < LATE_WAKE_WINDOW.as_secs_f64() - 2.0,
+        "the phone registered {woke:.1} s after the call started: too close to the late-wake window"
+    );
+    check_phone_registration(&phone);
+    let invite = check_phone_invite(&phone, &caller, &alice.aor);
+    let cancel = check_late_wake_cancel(&phone, invite);
+    // The caller hung up without a Reason: a plain CANCEL (DESIGN §1.4),
+    // above all not "Call completed elsewhere" (CallKit would then not
+    // list the call as missed).
+    assert!(
+        cancel.all_headers("Reason").is_empty(),
+        "the caller hung up without a Reason, so the late phone's CANCEL must be plain:\n{}",
+        cancel.raw
+    );
+    phone.assert_success();
+}
+
+#[test]
+fn answered_elsewhere_late_phone_gets_cancel_with_call_completed_elsewhere() {
+    let mut peers = Peers::start("late-wake-answered-elsewhere", true, SipisMode::Calls);
+    let bob = peers.provision("bob");
+    let prid = random_prid();
+    peers.put_device(&bob, "iphone", &prid);
+    let fork_port = peers.provider().fork_port;
+    // Bob's desk phone, registered at the provider directly (Kamailio's
+    // static second branch): answers 1 s after the INVITE.
+    let other = peers.sipp(
+        SippSpec::new("other-device", "other_device_answers.xml")
+            .port(fork_port)
+            .service("bob")
+            .pause_ms(1000),
+    );
+    wait_listening(fork_port);
+
+    let started = unix_ms();
+    let caller = peers.caller("caller", "caller_hangs_up.xml", "bob");
+    let push = peers
+        .mediator()
+        .wait_push("incoming_call", None, PUSH_TIMEOUT);
+    let caller = caller.wait();
+    let other = other.wait();
+    caller.assert_success();
+    other.assert_success();
+    check_incoming_call_push(&push, &bob, &prid, Some("iphone"), &caller, started);
+    check_caller_ringing(&peers, &caller, &bob);
+    let (_, call_id) = caller_invite(&caller);
+    assert_eq!(
+        caller.expect_response(200, "INVITE").body,
+        other.expect_sent_response(200, "INVITE").body,
+        "the desk phone answered"
+    );
+    // Kamailio CANCELled sipis's branch; sipis answered it and ended the
+    // INVITE (487).
+    let shard = format!("127.0.0.1:{}", peers.sipis().shard_port(&bob));
+    let replies = peers.provider().replies_from(&call_id, &shard);
+    assert!(
+        replies
+            .iter()
+            .any(|l| l.starts_with("RX-RPL 200 ") && l.contains("CANCEL"))
+            && replies.iter().any(|l| l.starts_with("RX-RPL 487 ")),
+        "sipis ({shard}) did not answer Kamailio's CANCEL with 200 and 487:\n{}",
+        peers.provider().traffic(&call_id).join("\n")
+    );
+
+    // Now bob's iPhone wakes.
+    let phone = peers
+        .phone("phone", "bob", &prid, Some("phone_rings_until_cancel.xml"))
+        .wait();
+    check_phone_registration(&phone);
+    let invite = check_phone_invite(&phone, &caller, &bob.aor);
+    let cancel = check_late_wake_cancel(&phone, invite);
+    assert_completed_elsewhere(cancel);
+    phone.assert_success();
+}
+
+#[test]
+fn no_phone_wakes_caller_gets_480_with_reason_header() {
+    let mut peers = Peers::start("no-wake-480", true, SipisMode::Calls);
+    let alice = peers.provision("alice");
+    let prid = random_prid();
+    peers.put_device(&alice, "iphone", &prid);
+
+    let started = unix_ms();
+    let caller = peers.caller("caller", "caller_gets_480.xml", "alice");
+    let push = peers
+        .mediator()
+        .wait_push("incoming_call", None, PUSH_TIMEOUT);
+    // The mediator never starts a phone.
+    let caller = caller.wait();
+    check_incoming_call_push(&push, &alice, &prid, Some("iphone"), &caller, started);
+    check_caller_ringing(&peers, &caller, &alice);
+    check_caller_480(&caller, DEVICE_WAIT);
+    caller.assert_success();
+
+    let (invite, call_id) = caller_invite(&caller);
+    let missed = peers
+        .mediator()
+        .wait_push("missed_call", Some(&call_id), Duration::from_secs(5));
+    let b = &missed.body;
+    assert_eq!(b["account"].as_u64(), Some(alice.id), "{b}");
+    assert_eq!(b["device"]["token"], prid.as_str(), "{b}");
+    assert_eq!(b["device"]["id"], "iphone", "{b}");
+    assert_eq!(
+        b["call"]["reason"], "no_response",
+        "missed_call reason: {b}"
+    );
+    assert_eq!(
+        b["call"]["caller_uri"].as_str(),
+        Some(SipMsg::uri_of(invite.header("From").unwrap())),
+        "{b}"
+    );
+    assert_eq!(
+        b["call"]["callee"].as_str(),
+        Some(alice.aor.as_str()),
+        "{b}"
+    );
+    assert_ne!(b["id"], push.body["id"], "each push has its own id");
 }
 
 // ---- the peers, without the call engine ------------------------------------------
