@@ -4,7 +4,10 @@
 //! a database: user X's password is `pw-X`; in-memory usrloc) into a temp
 //! dir, starts `kamailio -DD -E` (in the foreground, with its worker
 //! processes: two UDP receivers) on a free UDP port of 127.0.0.1 with its
-//! stderr in `<dir>/kamailio.log`, and waits for its RPC to answer. Dropping
+//! stderr in `<dir>/kamailio.log`, and waits for its RPC to answer.
+//! [`Kamailio::start_config`] does the same with another configuration
+//! template (`kamailio/provider.cfg`: registrar and proxy) and more
+//! placeholders; [`check_config`] runs `kamailio -c` on one. Dropping
 //! the handle stops it (SIGTERM, then SIGKILL) and removes the dir; the
 //! process also gets SIGTERM if the test thread dies (`PR_SET_PDEATHSIG`).
 //!
@@ -34,7 +37,8 @@ use std::time::{Duration, Instant};
 pub const INSTALL_HINT: &str = "Kamailio is not installed: run `apt-get install kamailio` \
      (or `bash .ci/run`, which installs every peer the end-to-end tests use)";
 
-const CONFIG: &str = include_str!("kamailio/registrar.cfg");
+/// The registrar of [`Kamailio::start`].
+pub const REGISTRAR_CONFIG: &str = include_str!("kamailio/registrar.cfg");
 
 /// Where Debian (and most distributions) put the modules.
 const MODULE_DIRS: [&str; 4] = [
@@ -44,24 +48,17 @@ const MODULE_DIRS: [&str; 4] = [
     "/usr/lib/kamailio/modules",
 ];
 
-/// Modules the configuration loads.
-const MODULES: [&str; 15] = [
-    "kex",
-    "tm",
-    "tmx",
-    "sl",
-    "pv",
-    "maxfwd",
-    "textops",
-    "siputils",
-    "xlog",
-    "sanity",
-    "ctl",
-    "jsonrpcs",
-    "usrloc",
-    "registrar",
-    "auth",
-];
+/// Modules a configuration loads (its `loadmodule "x.so"` lines).
+fn modules_of(config: &str) -> Vec<&str> {
+    config
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("loadmodule"))
+        .filter_map(|rest| {
+            let name = rest.trim().trim_matches('"');
+            name.strip_suffix(".so")
+        })
+        .collect()
+}
 
 static INSTANCE: AtomicU32 = AtomicU32::new(0);
 
@@ -89,20 +86,18 @@ pub struct Binding {
 pub type Location = BTreeMap<String, Vec<Binding>>;
 
 impl Kamailio {
-    /// Starts an instance; panics (with [`INSTALL_HINT`] if Kamailio is
-    /// missing) if it does not answer its RPC within 20 s.
+    /// Starts the registrar (`kamailio/registrar.cfg`); panics (with
+    /// [`INSTALL_HINT`] if Kamailio is missing) if it does not answer its
+    /// RPC within 20 s.
     pub fn start() -> Kamailio {
+        Kamailio::start_config("registrar.cfg", REGISTRAR_CONFIG, &[])
+    }
+
+    /// Starts an instance of the configuration `template` (written to
+    /// `<dir>/<name>`): `@PORT@`, `@DIR@` and `@MPATH@` are replaced as for
+    /// the registrar, then each `(placeholder, value)` of `vars`.
+    pub fn start_config(name: &str, template: &str, vars: &[(&str, String)]) -> Kamailio {
         let bin = find_binary().unwrap_or_else(|| panic!("{INSTALL_HINT}"));
-        let mpath = find_module_dir().unwrap_or_else(|| {
-            panic!("Kamailio's modules (registrar.so, ...) not found; {INSTALL_HINT}")
-        });
-        for m in MODULES {
-            assert!(
-                mpath.join(format!("{m}.so")).exists(),
-                "Kamailio module {m}.so missing in {}; {INSTALL_HINT}",
-                mpath.display()
-            );
-        }
         let dir = std::env::temp_dir().join(format!(
             "sipis-kam-{}-{}",
             std::process::id(),
@@ -111,12 +106,7 @@ impl Kamailio {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create Kamailio temp dir");
         let port = free_udp_port();
-        let cfg = CONFIG
-            .replace("@PORT@", &port.to_string())
-            .replace("@DIR@", dir.to_str().expect("utf-8 temp dir"))
-            .replace("@MPATH@", mpath.to_str().expect("utf-8 module dir"));
-        let cfg_path = dir.join("registrar.cfg");
-        std::fs::write(&cfg_path, cfg).expect("write Kamailio config");
+        let cfg_path = write_config(&dir, port, name, template, vars);
         let log = std::fs::File::create(dir.join("kamailio.log")).expect("create Kamailio log");
 
         let mut cmd = Command::new(&bin);
@@ -485,6 +475,89 @@ pub fn parse_dump(v: &Value) -> Result<Location, String> {
         }
     }
     Ok(out)
+}
+
+/// Writes `template` as `<dir>/<name>` with its placeholders replaced
+/// (see [`Kamailio::start_config`]); panics if Kamailio's modules or one
+/// the template loads are missing.
+fn write_config(
+    dir: &Path,
+    port: u16,
+    name: &str,
+    template: &str,
+    vars: &[(&str, String)],
+) -> PathBuf {
+    let mpath = find_module_dir().unwrap_or_else(|| {
+        panic!("Kamailio's modules (registrar.so, ...) not found; {INSTALL_HINT}")
+    });
+    for m in modules_of(template) {
+        assert!(
+            mpath.join(format!("{m}.so")).exists(),
+            "Kamailio module {m}.so missing in {}; {INSTALL_HINT}",
+            mpath.display()
+        );
+    }
+    let mut cfg = template
+        .replace("@PORT@", &port.to_string())
+        .replace("@DIR@", dir.to_str().expect("utf-8 temp dir"))
+        .replace("@MPATH@", mpath.to_str().expect("utf-8 module dir"));
+    for (k, v) in vars {
+        cfg = cfg.replace(k, v);
+    }
+    // Placeholders are @UPPER_CASE@; no other text of a config is (but
+    // comments, which name them).
+    let code = cfg
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') || l.trim_start().starts_with("#!"));
+    for line in code {
+        for (i, _) in line.match_indices('@') {
+            let rest = &line[i + 1..];
+            let len = rest
+                .find(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+                .unwrap_or(rest.len());
+            assert!(
+                len == 0 || !rest[len..].starts_with('@'),
+                "placeholder @{}@ of {name} not replaced: {line}",
+                &rest[..len]
+            );
+        }
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, cfg).expect("write Kamailio config");
+    path
+}
+
+/// `kamailio -c -f` on `template` written as for [`Kamailio::start_config`]
+/// (in a temp dir, on a free port): `Ok(output)` if Kamailio accepts it,
+/// `Err(output)` if not.
+pub fn check_config(name: &str, template: &str, vars: &[(&str, String)]) -> Result<String, String> {
+    let bin = find_binary().unwrap_or_else(|| panic!("{INSTALL_HINT}"));
+    let dir = std::env::temp_dir().join(format!(
+        "sipis-kam-check-{}-{}",
+        std::process::id(),
+        INSTANCE.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create Kamailio temp dir");
+    let path = write_config(&dir, free_udp_port(), name, template, vars);
+    let out = Command::new(&bin)
+        .arg("-c")
+        .arg("-f")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL_HINT}", bin.display()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("kamailio -c exited with {}:\n{text}", out.status))
+    }
 }
 
 /// `SIPIS_KAMAILIO` if set (a Kamailio installed elsewhere), else the
