@@ -434,10 +434,16 @@ impl Engine {
             .map(|d| (d.name.clone(), d.is_registered(now), d.push.is_some()))
             .collect();
         for (name, up, push) in devices {
-            if up {
-                self.start_leg(now, c, &name, false);
-            } else if push && may_push {
+            if push && may_push {
+                // RFC 8599 §4.1.2 / §5.6: a push binding is woken and then
+                // its refresh REGISTER awaited, even while its SIP binding
+                // lasts — over UDP nothing tells a live app from one the OS
+                // suspended. The INVITE follows that REGISTER.
                 self.push(now, c, &name, PushKind::IncomingCall, None);
+            } else if up {
+                // A phone without push (or a call that may not push) is
+                // INVITEd at the address it registered from.
+                self.start_leg(now, c, &name, false);
             }
         }
         let call = &mut self.calls[c];

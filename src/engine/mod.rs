@@ -368,9 +368,16 @@ impl Engine {
             buf: BytesMut::with_capacity(64 * 1024),
             by_aor: HashMap::new(),
             verifier: NonceVerifier::new(
-                Rng::new(cfg.seed ^ 0xD1CE_57).seed32(),
+                Rng::new(cfg.seed ^ 0x00D1_CE57).seed32(),
                 now,
-                VerifierConfig::default(),
+                VerifierConfig {
+                    // MD5 first: deployed softphones (and sipp) answer the
+                    // first challenge and many know only MD5 (RFC 8760 §2.4
+                    // lets the server order by preference); a SHA-256
+                    // answer to the second one is accepted as well.
+                    algorithms: vec![digest::Algorithm::Md5, digest::Algorithm::Sha256],
+                    ..VerifierConfig::default()
+                },
             ),
             calls: Slab::new(),
             call_ids: HashMap::new(),

@@ -50,6 +50,9 @@ impl EventSink for StoreHandle {
     }
 }
 
+/// A counter of the shards' [`Stats`]: name, help, how to read it.
+type Counter = (&'static str, &'static str, fn(&Stats) -> u64);
+
 /// Hands pushes to the push client (set once the shards are up, as the
 /// client delivers outcomes to them).
 type Pusher = Box<dyn Fn(PushRequest) + Send + Sync>;
@@ -696,7 +699,7 @@ impl AdminApi for Core {
             );
         }
         // The call flow (DESIGN §1.3): counters, then latencies.
-        let call_counters: [(&str, &str, fn(&Stats) -> u64); 11] = [
+        let call_counters: [Counter; 11] = [
             (
                 "sipis_phone_registers_total",
                 "REGISTERs from phones.",

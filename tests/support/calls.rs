@@ -824,12 +824,22 @@ impl Mediator {
     }
 
     pub fn pushes(&self) -> Vec<Push> {
-        self.state.0.lock().unwrap().pushes.clone()
+        self.state
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pushes
+            .clone()
     }
 
     /// Problems with requests (not JSON, no Content-Length, ...).
     pub fn errors(&self) -> Vec<String> {
-        self.state.0.lock().unwrap().errors.clone()
+        self.state
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .errors
+            .clone()
     }
 
     /// The first push of `kind` (and, if given, for `call_id`), waiting up
@@ -837,7 +847,7 @@ impl Mediator {
     pub fn wait_push(&self, kind: &str, call_id: Option<&str>, timeout: Duration) -> Push {
         let end = Instant::now() + timeout;
         let (lock, cv) = &*self.state;
-        let mut g = lock.lock().unwrap();
+        let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(p) = g
                 .pushes
@@ -870,7 +880,12 @@ impl Drop for Mediator {
 }
 
 fn record_error(state: &(Mutex<Received>, Condvar), e: String) {
-    state.0.lock().unwrap().errors.push(e);
+    state
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .errors
+        .push(e);
     state.1.notify_all();
 }
 
@@ -924,7 +939,7 @@ fn serve_conn(mut s: TcpStream, state: &(Mutex<Received>, Condvar), stop: &Atomi
                         Ok(v) => {
                             let id = v["id"].as_str().unwrap_or("").to_string();
                             {
-                                let mut g = state.0.lock().unwrap();
+                                let mut g = state.0.lock().unwrap_or_else(|p| p.into_inner());
                                 g.pushes.push(Push {
                                     at: Instant::now(),
                                     method,
