@@ -11,12 +11,14 @@
 //!                          ▼                                 ▼
 //!  runtime: one glommio executor per core ─ feeds bytes + now into ─┐
 //!                                                                   ▼
-//!  engine (sans-IO): sipis_parser::parse → transactions → registrations
-//!                    timer wheel · digest        outputs: poll_transmit / poll_event
-//!                          │ events                         │
-//!                          ▼                                ▼
-//!  store thread (SQLite | PostgreSQL)            sockets (io_uring)
-//!       ▲
+//!  engine (sans-IO): sipis_parser::parse → transactions → registrations (upstream)
+//!                    phone registrar · pending calls · relay · late wake
+//!                    timer wheel · digest
+//!                    outputs: poll_transmit / poll_event / poll_push
+//!                          │ events          │ pushes                │ packets
+//!                          ▼                 ▼                       ▼
+//!  store thread (SQLite | PostgreSQL)   push client ──HTTP/1.1──▶ mediator ──HTTP/2──▶ APNs / FCM
+//!       ▲                               outcomes ──▶ the account's shard   sockets (io_uring)
 //!  admin API (http) ── provisioning ──▶ runtime::Shards (control channels)
 //! ```
 //!
@@ -32,6 +34,12 @@
 //!   before expiry, back-off, 423, persisted Call-ID/CSeq.
 //! - `engine::digest` — SIP digest authentication, client and server
 //!   ([`digest`]).
+//! - `engine::phone` — the phones' registrar: digest with the account's
+//!   credentials, RFC 8599 push devices, SIP bindings.
+//! - `engine::call` — incoming calls: the pending-call map, pushes, legs to
+//!   woken devices, endings, the late wake (DESIGN §1.3–1.4).
+//! - `engine::relay` — the B2BUA relay of in-dialog requests, CANCEL and
+//!   the ACK of a 2xx between the caller's leg and a phone's.
 //! - [`runtime`] — glommio shards, their sockets and control channels, the
 //!   shared-port router, `serve`.
 //! - [`store`] — durable state: SQLite and PostgreSQL backends behind one
