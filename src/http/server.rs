@@ -10,8 +10,13 @@
 //! client closes, asks to close, idles past `idle_timeout`, or breaks a
 //! rule that leaves the stream unframed (the answer then says
 //! `Connection: close`).
+//!
+//! The server is generic over the [`Site`] it serves: the admin API
+//! ([`AdminServer`]) and the push mediator's front
+//! (`push::mediator::server`) share everything here and differ only in
+//! their routes.
 
-use super::routes::{self, Call, Response, Target};
+use super::routes::{self, AdminSite, Call, Response, Target};
 use super::{tls, AdminApi, AdminConfig, HttpError};
 use crate::metrics;
 use crossbeam_channel::{Receiver, Sender};
@@ -35,19 +40,74 @@ const REJECT_QUEUE: usize = 16;
 /// last response instead of a reset.
 const LINGER: Duration = Duration::from_millis(500);
 
+/// What an [`HttpServer`] serves: its routes and their handlers.
+pub(crate) trait Site: Send + Sync + 'static {
+    /// Names the server in configuration errors (`<NAME>.token`), thread
+    /// names (`sipis-<NAME>-conn`) and metrics (`sipis_<NAME>_connections`).
+    const NAME: &'static str;
+    /// What listens, for error messages ("the admin API").
+    const DESCRIPTION: &'static str;
+    type Route: Send;
+    /// Resolves a request path (without its query).
+    fn resolve(&self, path: &str) -> Target<Self::Route>;
+    /// The `Allow` header value of a route: methods separated by `", "`.
+    fn allow(&self, route: &Self::Route) -> &'static str;
+    fn needs_auth(&self, route: &Self::Route) -> bool;
+    /// The largest request body the route accepts (413 above).
+    fn body_limit(&self, route: &Self::Route, cfg: &AdminConfig) -> usize;
+    /// Serves an allowed, authorised method on a route. `server_metrics`
+    /// appends the server's own metrics (for a `/metrics` route).
+    fn dispatch(
+        &self,
+        route: &Self::Route,
+        call: &Call<'_>,
+        server_metrics: &dyn Fn(&mut String),
+    ) -> Response;
+}
+
 /// A running admin server. Dropping it shuts it down too.
-pub struct AdminServer {
+pub struct AdminServer(HttpServer<AdminSite>);
+
+impl AdminServer {
+    /// Checks the configuration, loads the TLS files, binds and starts
+    /// serving. Refuses a non-loopback `listen` without a token.
+    pub fn start(cfg: AdminConfig, api: Arc<dyn AdminApi>) -> Result<AdminServer, HttpError> {
+        HttpServer::start(cfg, AdminSite { api }).map(AdminServer)
+    }
+
+    /// The bound address (the port chosen when `listen` had port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.0.local_addr()
+    }
+
+    /// Stops accepting, closes every connection (requests being served
+    /// finish first) and joins all threads.
+    pub fn shutdown(self) {
+        self.0.shutdown();
+    }
+}
+
+impl std::fmt::Debug for AdminServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminServer")
+            .field("local_addr", &self.0.local_addr)
+            .finish()
+    }
+}
+
+/// A running HTTP/1.1 server of a [`Site`]. Dropping it shuts it down too.
+pub(crate) struct HttpServer<S: Site> {
     local_addr: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<S>>,
     acceptor: Option<JoinHandle<()>>,
     rejecter: Option<JoinHandle<()>>,
 }
 
-struct Shared {
+struct Shared<S> {
     cfg: AdminConfig,
     /// SHA-256 of the token: compared in constant time, length hidden.
     token: Option<[u8; 32]>,
-    api: Arc<dyn AdminApi>,
+    site: S,
     tls: Option<Arc<ServerConfig>>,
     stopping: AtomicBool,
     /// Connections handed to connection threads and not finished.
@@ -63,47 +123,49 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl AdminServer {
+impl<S: Site> HttpServer<S> {
     /// Checks the configuration, loads the TLS files, binds and starts
     /// serving. Refuses a non-loopback `listen` without a token.
-    pub fn start(cfg: AdminConfig, api: Arc<dyn AdminApi>) -> Result<AdminServer, HttpError> {
+    pub(crate) fn start(cfg: AdminConfig, site: S) -> Result<HttpServer<S>, HttpError> {
+        let name = S::NAME;
         let token = match &cfg.token {
             Some(t) if t.trim().is_empty() => {
-                return Err(HttpError::Config("admin.token is empty".into()))
+                return Err(HttpError::Config(format!("{name}.token is empty")))
             }
             Some(t) => Some(<[u8; 32]>::from(Sha256::digest(t.as_bytes()))),
             None if !cfg.listen.ip().is_loopback() => {
                 return Err(HttpError::Config(format!(
-                    "admin.token is required: the admin API would listen on {}, which is not a \
+                    "{name}.token is required: {} would listen on {}, which is not a \
                      loopback address, without authentication",
+                    S::DESCRIPTION,
                     cfg.listen
                 )))
             }
             None => None,
         };
         if cfg.max_connections == 0 {
-            return Err(HttpError::Config(
-                "admin.max_connections must be at least 1".into(),
-            ));
+            return Err(HttpError::Config(format!(
+                "{name}.max_connections must be at least 1"
+            )));
         }
         if cfg.read_timeout.is_zero() || cfg.idle_timeout.is_zero() {
-            return Err(HttpError::Config(
-                "admin.read_timeout and admin.idle_timeout must not be zero".into(),
-            ));
+            return Err(HttpError::Config(format!(
+                "{name}.read_timeout and {name}.idle_timeout must not be zero"
+            )));
         }
         let tls = cfg.tls.as_ref().map(tls::server_config).transpose()?;
         let listener = TcpListener::bind(cfg.listen).map_err(|source| HttpError::Io {
-            what: format!("admin.listen: cannot bind {}", cfg.listen),
+            what: format!("{name}.listen: cannot bind {}", cfg.listen),
             source,
         })?;
         let local_addr = listener.local_addr().map_err(|source| HttpError::Io {
-            what: "admin.listen: local address".into(),
+            what: format!("{name}.listen: local address"),
             source,
         })?;
         let shared = Arc::new(Shared {
             cfg,
             token,
-            api,
+            site,
             tls,
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
@@ -113,13 +175,13 @@ impl AdminServer {
             responses: Mutex::new(BTreeMap::new()),
         });
         let spawn_err = |source| HttpError::Io {
-            what: "admin: cannot spawn thread".into(),
+            what: format!("{name}: cannot spawn thread"),
             source,
         };
         let (reject_tx, reject_rx) = crossbeam_channel::bounded(REJECT_QUEUE);
         let s = shared.clone();
         let rejecter = thread::Builder::new()
-            .name("sipis-admin-reject".into())
+            .name(format!("sipis-{name}-reject"))
             .spawn(move || {
                 for stream in reject_rx {
                     reject(&s, stream);
@@ -128,10 +190,10 @@ impl AdminServer {
             .map_err(spawn_err)?;
         let s = shared.clone();
         let acceptor = thread::Builder::new()
-            .name("sipis-admin-accept".into())
+            .name(format!("sipis-{name}-accept"))
             .spawn(move || accept_loop(&s, listener, reject_tx))
             .map_err(spawn_err)?;
-        Ok(AdminServer {
+        Ok(HttpServer {
             local_addr,
             shared,
             acceptor: Some(acceptor),
@@ -140,13 +202,13 @@ impl AdminServer {
     }
 
     /// The bound address (the port chosen when `listen` had port 0).
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
     /// Stops accepting, closes every connection (requests being served
     /// finish first) and joins all threads.
-    pub fn shutdown(mut self) {
+    pub(crate) fn shutdown(mut self) {
         self.stop();
     }
 
@@ -178,21 +240,17 @@ impl AdminServer {
     }
 }
 
-impl Drop for AdminServer {
+impl<S: Site> Drop for HttpServer<S> {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
-impl std::fmt::Debug for AdminServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminServer")
-            .field("local_addr", &self.local_addr)
-            .finish()
-    }
-}
-
-fn accept_loop(shared: &Arc<Shared>, listener: TcpListener, reject_tx: Sender<TcpStream>) {
+fn accept_loop<S: Site>(
+    shared: &Arc<Shared<S>>,
+    listener: TcpListener,
+    reject_tx: Sender<TcpStream>,
+) {
     let (job_tx, job_rx) = crossbeam_channel::unbounded::<(u64, TcpStream)>();
     let mut next_id = 0u64;
     let mut spawned = 0usize;
@@ -227,7 +285,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener, reject_tx: Sender<Tc
             let s = shared.clone();
             let rx = job_rx.clone();
             match thread::Builder::new()
-                .name("sipis-admin-conn".into())
+                .name(format!("sipis-{}-conn", S::NAME))
                 .spawn(move || worker(&s, rx))
             {
                 Ok(h) => {
@@ -251,7 +309,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener, reject_tx: Sender<Tc
     }
 }
 
-fn worker(shared: &Arc<Shared>, jobs: Receiver<(u64, TcpStream)>) {
+fn worker<S: Site>(shared: &Arc<Shared<S>>, jobs: Receiver<(u64, TcpStream)>) {
     for (id, stream) in jobs {
         let _ = catch_unwind(AssertUnwindSafe(|| serve(shared, stream)));
         lock(&shared.conns).remove(&id);
@@ -263,14 +321,14 @@ fn worker(shared: &Arc<Shared>, jobs: Receiver<(u64, TcpStream)>) {
 }
 
 /// Answers a connection over the cap with 503 and closes it.
-fn reject(shared: &Shared, tcp: TcpStream) {
+fn reject<S: Site>(shared: &Shared<S>, tcp: TcpStream) {
     let timeout = Duration::from_secs(1);
     let _ = tcp.set_read_timeout(Some(timeout));
     let _ = tcp.set_write_timeout(Some(timeout));
     let Some(mut conn) = Conn::new(tcp, shared.tls.as_ref()) else {
         return;
     };
-    let resp = Response::error(503, "too many admin connections, try again")
+    let resp = Response::error(503, &format!("too many {} connections, try again", S::NAME))
         .header("Retry-After", "1")
         .closing();
     if conn.send(&encode(&resp)).is_ok() {
@@ -489,7 +547,7 @@ fn parse_head(buf: &[u8], max_header_bytes: usize) -> Result<Option<(Head, usize
     Ok(Some((head, n)))
 }
 
-impl Shared {
+impl<S: Site> Shared<S> {
     fn authorized(&self, header: Option<&[u8]>) -> bool {
         let Some(want) = &self.token else {
             return true;
@@ -510,25 +568,29 @@ impl Shared {
     }
 
     fn render_metrics(&self, out: &mut String) {
+        let name = S::NAME;
         metrics::gauge(
             out,
-            "sipis_admin_connections",
-            "Admin API connections being served.",
+            &format!("sipis_{name}_connections"),
+            &format!("Connections to {} being served.", S::DESCRIPTION),
             &[],
             self.active.load(Ordering::Relaxed),
         );
         metrics::counter(
             out,
-            "sipis_admin_connections_rejected_total",
-            "Admin API connections refused with 503 over admin.max_connections.",
+            &format!("sipis_{name}_connections_rejected_total"),
+            &format!(
+                "Connections to {} refused with 503 over {name}.max_connections.",
+                S::DESCRIPTION
+            ),
             &[],
             self.rejected.load(Ordering::Relaxed),
         );
         for (code, n) in lock(&self.responses).iter() {
             metrics::counter(
                 out,
-                "sipis_admin_responses_total",
-                "Admin API responses by status code.",
+                &format!("sipis_{name}_responses_total"),
+                &format!("Responses of {} by status code.", S::DESCRIPTION),
                 &[("code", &code.to_string())],
                 *n,
             );
@@ -537,7 +599,7 @@ impl Shared {
 }
 
 /// Serves one connection until it closes.
-fn serve(shared: &Shared, tcp: TcpStream) {
+fn serve<S: Site>(shared: &Shared<S>, tcp: TcpStream) {
     let cfg = &shared.cfg;
     let _ = tcp.set_nodelay(true);
     let _ = tcp.set_write_timeout(Some(cfg.read_timeout));
@@ -598,8 +660,9 @@ fn serve(shared: &Shared, tcp: TcpStream) {
 
         // Route and authentication, before reading any body.
         let (path, query) = routes::split_target(&head.target);
-        let target = routes::resolve(path);
-        let needs_auth = !matches!(&target, Target::Found(r) if !r.needs_auth());
+        let site = &shared.site;
+        let target = site.resolve(path);
+        let needs_auth = !matches!(&target, Target::Found(r) if !site.needs_auth(r));
         let early = if needs_auth && !shared.authorized(head.authorization.as_deref()) {
             let msg = if head.authorization.is_some() {
                 "invalid bearer token"
@@ -613,9 +676,9 @@ fn serve(shared: &Shared, tcp: TcpStream) {
                     Some(Response::error(404, &format!("no such resource: {path}")))
                 }
                 Target::BadPath => Some(Response::error(400, "undecodable path")),
-                Target::Found(r) if !r.allows(&head.method) => Some(
+                Target::Found(r) if !allows(site.allow(r), &head.method) => Some(
                     Response::error(405, &format!("{} not allowed on {path}", head.method))
-                        .header("Allow", r.allow()),
+                        .header("Allow", site.allow(r)),
                 ),
                 Target::Found(_) => None,
             }
@@ -641,11 +704,7 @@ fn serve(shared: &Shared, tcp: TcpStream) {
             let resp = Response::error(411, "a request body needs a Content-Length");
             return respond_and_close(shared, conn, resp);
         }
-        let limit = if route.is_import() {
-            cfg.max_import_bytes
-        } else {
-            cfg.max_body_bytes
-        };
+        let limit = site.body_limit(&route, cfg);
         if body_len > limit as u64 {
             let resp = Response::error(
                 413,
@@ -685,7 +744,7 @@ fn serve(shared: &Shared, tcp: TcpStream) {
         };
         let own_metrics = |out: &mut String| shared.render_metrics(out);
         let mut resp = catch_unwind(AssertUnwindSafe(|| {
-            routes::dispatch(&*shared.api, &route, &call, &own_metrics)
+            site.dispatch(&route, &call, &own_metrics)
         }))
         .unwrap_or_else(|_| Response::error(500, "internal error"));
         drop(body);
@@ -696,13 +755,18 @@ fn serve(shared: &Shared, tcp: TcpStream) {
     }
 }
 
+/// Whether `method` is in an `Allow` list ([`Site::allow`]).
+pub(crate) fn allows(allow: &str, method: &str) -> bool {
+    allow.split(", ").any(|m| m == method)
+}
+
 /// Writes a response; false if the connection broke.
-fn respond(shared: &Shared, conn: &mut Conn, resp: &Response) -> bool {
+fn respond<S: Site>(shared: &Shared<S>, conn: &mut Conn, resp: &Response) -> bool {
     shared.count(resp.status);
     conn.send(&encode(resp)).is_ok()
 }
 
-fn respond_and_close(shared: &Shared, mut conn: Conn, resp: Response) {
+fn respond_and_close<S: Site>(shared: &Shared<S>, mut conn: Conn, resp: Response) {
     let resp = resp.closing();
     if respond(shared, &mut conn, &resp) {
         conn.finish(true);
