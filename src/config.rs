@@ -2065,6 +2065,9 @@ fn convert(raw: RawFile, r: &mut Reader) -> Config {
         concurrency: r
             .int("mediator.concurrency", s.concurrency, "a count", 1..=65_536)
             .map_or(d.mediator.concurrency, |n| n as u32),
+        // TLS on the mediator's front: no keys for it in the file yet
+        // (plain HTTP on loopback or a private network).
+        tls: None,
     };
 
     let s = raw.store.unwrap_or_default();

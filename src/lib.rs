@@ -46,7 +46,8 @@
 //!   trait, the store thread shards talk to, CSV import.
 //! - [`push`] — the unified push protocol (JSON to the mediator); its
 //!   `client` posts pushes over HTTP/1.1 keep-alive
-//!   ([`push::client::PushClient`]), its `mediator` speaks APNs and FCM.
+//!   ([`push::client::PushClient`]), its `mediator` speaks APNs (HTTP/2,
+//!   ES256 provider tokens) and FCM HTTP v1 (OAuth2).
 //! - [`http`] — the admin API (provisioning, health, metrics) on httparse.
 //! - [`metrics`] — Prometheus text exposition helpers.
 //! - [`config`] — the TOML configuration and its checks.

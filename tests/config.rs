@@ -1149,6 +1149,7 @@ fn mediator_section_with_apns_and_fcm() {
             request_timeout: Duration::from_secs(2),
             deadline: Duration::from_secs(2),
             concurrency: 32,
+            tls: None,
         }
     );
     let s = c.summary();

@@ -24,8 +24,8 @@
 //! Errors are `{"error": "..."}` with the status of the [`ApiError`].
 
 mod json;
-mod routes;
-mod server;
+pub(crate) mod routes;
+pub(crate) mod server;
 mod tls;
 
 pub use json::{

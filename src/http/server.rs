@@ -206,6 +206,11 @@ impl<S: Site> HttpServer<S> {
         self.local_addr
     }
 
+    /// Appends the server's own metrics (connections, responses by code).
+    pub(crate) fn render_metrics(&self, out: &mut String) {
+        self.shared.render_metrics(out);
+    }
+
     /// Stops accepting, closes every connection (requests being served
     /// finish first) and joins all threads.
     pub(crate) fn shutdown(mut self) {
