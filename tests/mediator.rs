@@ -657,6 +657,22 @@ fn apns_unreachable_fails_within_the_deadline() {
 }
 
 #[test]
+fn http_urls_speak_http2_without_tls() {
+    let plain = Stub::start_plain(apns_ok);
+    let url = plain.url();
+    assert!(url.starts_with("http://"));
+    let w = world_with("h2c", never, never, never, 3600, |c| {
+        c.apns.as_mut().unwrap().production_url = url;
+    });
+    let answer = w.push(&apns_request("incoming_call", "production"));
+    assert_eq!(answer["result"], "sent", "{answer}");
+    let s = &plain.seen()[0];
+    assert_eq!(s.path, format!("/3/device/{DEVICE}"));
+    assert_eq!(s.header("apns-push-type"), Some("voip"));
+    verify_es256(&bearer(s), &w.keys.p8_public);
+}
+
+#[test]
 fn connection_closed_by_apns_is_replaced() {
     let w = apns_world("goaway", |s| apns_ok(s).then_goaway());
     for i in 0..3 {
@@ -1126,11 +1142,11 @@ fn start_refuses_bad_urls_and_a_public_listener_without_token() {
     let stub = Stub::start(&tls, never);
     let sa = keys.service_account("https://oauth2.googleapis.com/token");
     let mut cfg = config(&keys, &stub, &stub, &stub, &sa);
-    cfg.apns.as_mut().unwrap().sandbox_url = "http://api.sandbox.push.apple.com".into();
+    cfg.apns.as_mut().unwrap().sandbox_url = "api.sandbox.push.apple.com:443".into();
     let err = start(&cfg).unwrap_err();
     assert!(
         err.to_string().starts_with("mediator.apns.sandbox_url:")
-            && err.to_string().contains("https"),
+            && err.to_string().contains("expected an https:// URL"),
         "{err}"
     );
     let mut cfg = config(&keys, &stub, &stub, &stub, &sa);
@@ -1142,3 +1158,4 @@ fn start_refuses_bad_urls_and_a_public_listener_without_token() {
         "{err}"
     );
 }
+

@@ -124,6 +124,7 @@ type Handler = dyn Fn(&Seen) -> Answer + Send + Sync;
 /// A running stub; dropping it stops it.
 pub struct Stub {
     addr: SocketAddr,
+    tls: bool,
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<AtomicU64>,
     max_in_flight: Arc<AtomicUsize>,
@@ -135,8 +136,21 @@ impl Stub {
         Stub::start_with_threads(tls, 1, handler)
     }
 
+    /// HTTP/2 without TLS (prior knowledge), for `http://` URLs.
+    pub fn start_plain(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Stub {
+        Stub::start_inner(None, 1, handler)
+    }
+
     pub fn start_with_threads(
         tls: &TestTls,
+        threads: usize,
+        handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static,
+    ) -> Stub {
+        Stub::start_inner(Some(tls), threads, handler)
+    }
+
+    fn start_inner(
+        tls: Option<&TestTls>,
         threads: usize,
         handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static,
     ) -> Stub {
@@ -154,7 +168,7 @@ impl Stub {
         let max_in_flight = Arc::new(AtomicUsize::new(0));
         let in_flight = Arc::new(AtomicUsize::new(0));
         let handler: Arc<Handler> = Arc::new(handler);
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+        let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone()));
         let (s, c, m) = (seen.clone(), connections.clone(), max_in_flight.clone());
         rt.spawn(async move {
             loop {
@@ -172,14 +186,20 @@ impl Stub {
                 };
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    if let Ok(tls) = acceptor.accept(tcp).await {
-                        ctx.serve(tls).await;
+                    match acceptor {
+                        Some(a) => {
+                            if let Ok(tls) = a.accept(tcp).await {
+                                ctx.serve(tls).await;
+                            }
+                        }
+                        None => ctx.serve(tcp).await,
                     }
                 });
             }
         });
         Stub {
             addr,
+            tls: tls.is_some(),
             seen,
             connections,
             max_in_flight,
@@ -188,7 +208,8 @@ impl Stub {
     }
 
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.addr.port())
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.addr.port())
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -232,10 +253,13 @@ struct Conn {
 }
 
 impl Conn {
-    async fn serve(self, tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>) {
+    async fn serve<T>(self, io: T)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let Ok(mut conn) = h2::server::Builder::new()
             .max_concurrent_streams(1000)
-            .handshake::<_, Bytes>(tls)
+            .handshake::<_, Bytes>(io)
             .await
         else {
             return;

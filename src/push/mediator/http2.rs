@@ -3,6 +3,9 @@
 //! streams (RFC 9113 §5.1.2: the server's `SETTINGS_MAX_CONCURRENT_STREAMS`
 //! bounds them; `h2` waits for a free stream when it is reached).
 //!
+//! `http://` URLs speak HTTP/2 without TLS ("prior knowledge", RFC 9113
+//! §3.3): only for local stand-ins, APNs and Google are `https://`.
+//!
 //! Apple, "Sending notification requests to APNs": "Keep your connections
 //! with APNs open across multiple notifications; don't repeatedly open and
 //! close connections" — connecting is done once, by the first request that
@@ -27,18 +30,30 @@ use tokio_rustls::TlsConnector;
 /// bytes; a token answer about 1 KiB).
 const MAX_ANSWER: usize = 64 * 1024;
 
-/// Host and port of an `https://` URL.
+/// Scheme, host and port of a URL.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Origin {
+    /// `https` (else `http`, without TLS).
+    tls: bool,
     /// As in the URL (IPv6 in brackets).
     host: String,
     port: u16,
 }
 
 impl Origin {
-    /// `:authority` (RFC 9113 §8.3.1): the port only when not 443.
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// `:authority` (RFC 9113 §8.3.1): the port only when not the
+    /// scheme's default.
     fn authority(&self) -> String {
-        if self.port == 443 {
+        let default = if self.tls { 443 } else { 80 };
+        if self.port == default {
             self.host.clone()
         } else {
             format!("{}:{}", self.host, self.port)
@@ -52,11 +67,11 @@ impl Origin {
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "https://{}", self.authority())
+        write!(f, "{}://{}", self.scheme(), self.authority())
     }
 }
 
-/// A configured `https://` URL: its origin and its path (with query).
+/// A configured URL: its origin and its path (with query).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Url {
     pub(crate) origin: Origin,
@@ -65,17 +80,21 @@ pub(crate) struct Url {
 }
 
 impl Url {
-    /// Parses an `https://host[:port][/path]` URL; the message says what is
-    /// wrong.
+    /// Parses an `https://host[:port][/path]` (or `http://`) URL; the
+    /// message says what is wrong.
     pub(crate) fn parse(url: &str) -> Result<Url, String> {
         let uri: http::Uri = url
             .parse()
             .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-        if uri.scheme_str() != Some("https") {
-            return Err(format!(
-                "{url:?}: only https:// URLs are supported (APNs and FCM speak HTTP/2 over TLS)"
-            ));
-        }
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
+                return Err(format!(
+                    "{url:?}: expected an https:// URL (or http:// for HTTP/2 without TLS)"
+                ))
+            }
+        };
         let host = uri
             .host()
             .filter(|h| !h.is_empty())
@@ -85,7 +104,7 @@ impl Url {
                 "{url:?}: user information in URLs is not supported"
             ));
         }
-        let port = uri.port_u16().unwrap_or(443);
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let path = match path.trim_end_matches('/') {
             "" => "/".to_string(),
@@ -93,6 +112,7 @@ impl Url {
         };
         Ok(Url {
             origin: Origin {
+                tls,
                 host: host.to_string(),
                 port,
             },
@@ -234,7 +254,7 @@ impl Client {
     }
 
     async fn exchange(&self, origin: &Origin, out: &Outgoing<'_>) -> Result<Reply, H2Error> {
-        let uri = format!("https://{}{}", origin.authority(), out.path);
+        let uri = format!("{origin}{}", out.path);
         // A kept connection may have been closed by the server (GOAWAY,
         // idle timeout) since its last use: when it fails before the
         // request went out, the request goes out once more on a new one.
@@ -349,39 +369,56 @@ impl Client {
             .await
             .map_err(|e| H2Error::Connect(format!("{origin}: TCP: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(host.to_string())
-            .map_err(|e| H2Error::Connect(format!("{origin}: bad server name: {e}")))?;
-        let tls = self
-            .tls
-            .connect(name, tcp)
-            .await
-            .map_err(|e| H2Error::Connect(format!("{origin}: TLS: {e}")))?;
-        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
-            return Err(H2Error::Connect(format!(
-                "{origin}: the server did not agree to HTTP/2 (ALPN h2)"
-            )));
-        }
-        let (send, conn) = h2::client::Builder::new()
-            // Answers are small; a large connection window costs nothing
-            // and keeps many concurrent streams from stalling on it.
-            .initial_connection_window_size(4 * 1024 * 1024)
-            .handshake::<_, Bytes>(tls)
-            .await
-            .map_err(|e| H2Error::Connect(format!("{origin}: HTTP/2 handshake: {e}")))?;
-        self.connects.fetch_add(1, Ordering::Relaxed);
         let closed = Arc::new(AtomicBool::new(false));
-        let flag = closed.clone();
-        let name = origin.to_string();
-        tokio::spawn(async move {
-            match conn.await {
-                Ok(()) => tracing::debug!(origin = %name, "HTTP/2 connection closed"),
-                Err(e) => tracing::info!(origin = %name, error = %e, "HTTP/2 connection ended"),
+        let send = if origin.tls {
+            let name = ServerName::try_from(host.to_string())
+                .map_err(|e| H2Error::Connect(format!("{origin}: bad server name: {e}")))?;
+            let tls = self
+                .tls
+                .connect(name, tcp)
+                .await
+                .map_err(|e| H2Error::Connect(format!("{origin}: TLS: {e}")))?;
+            if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err(H2Error::Connect(format!(
+                    "{origin}: the server did not agree to HTTP/2 (ALPN h2)"
+                )));
             }
-            flag.store(true, Ordering::Release);
-        });
+            handshake(tls, origin, closed.clone()).await?
+        } else {
+            handshake(tcp, origin, closed.clone()).await?
+        };
+        self.connects.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(origin = %origin, "HTTP/2 connection open");
         Ok((send, closed))
     }
+}
+
+/// The HTTP/2 preface and settings over `io`; the connection is then
+/// driven by a task of its own, which sets `closed` when it ends.
+async fn handshake<T>(
+    io: T,
+    origin: &Origin,
+    closed: Arc<AtomicBool>,
+) -> Result<SendRequest<Bytes>, H2Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = h2::client::Builder::new()
+        // Answers are small; a large connection window costs nothing and
+        // keeps many concurrent streams from stalling on it.
+        .initial_connection_window_size(4 * 1024 * 1024)
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(|e| H2Error::Connect(format!("{origin}: HTTP/2 handshake: {e}")))?;
+    let name = origin.to_string();
+    tokio::spawn(async move {
+        match conn.await {
+            Ok(()) => tracing::debug!(origin = %name, "HTTP/2 connection closed"),
+            Err(e) => tracing::info!(origin = %name, error = %e, "HTTP/2 connection ended"),
+        }
+        closed.store(true, Ordering::Release);
+    });
+    Ok(send)
 }
 
 #[cfg(test)]
@@ -401,7 +438,10 @@ mod tests {
         assert_eq!(u.origin.bare_host(), "::1");
         assert_eq!(u.origin.to_string(), "https://[::1]:9");
         assert_eq!(u.path, "/token?x=1");
-        assert!(Url::parse("http://api.push.apple.com")
+        let u = Url::parse("http://127.0.0.1/x").unwrap();
+        assert_eq!(u.origin.to_string(), "http://127.0.0.1");
+        assert_eq!(u.origin.port, 80);
+        assert!(Url::parse("ftp://api.push.apple.com")
             .unwrap_err()
             .contains("https"));
         assert!(Url::parse("api.push.apple.com").is_err());
