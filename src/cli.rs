@@ -42,12 +42,23 @@ pub enum Command {
         traffic.")]
     Serve(ServeArgs),
 
+    /// Run only the push mediator ([mediator] of the configuration)
+    #[command(long_about = "Run only the push mediator.\n\n\
+        Loads and validates the configuration (the same checks as check-config, \
+        exit status 2 if any fails), loads the APNs key and the FCM service account \
+        of [mediator.apns] and [mediator.fcm], then serves the unified push protocol \
+        (POST /push, GET /health, GET /metrics) on mediator.listen until SIGTERM or \
+        SIGINT. sipis instances point push.mediator_url at it. `sipis serve` runs the \
+        same mediator in its own process when mediator.in_process is true.")]
+    Mediator(ServeArgs),
+
     /// Validate a configuration file without starting anything
     #[command(
         long_about = "Validate a configuration file without starting anything.\n\n\
         Checks every key (unknown keys, types, ranges, keys that must go together) and \
         the files it names: TLS certificate and key readable, token file readable, \
-        data directory writable or creatable. Prints \"ok: <summary>\" and exits 0, or \
+        data directory writable or creatable, the APNs .p8 key a P-256 PKCS#8 key, the \
+        FCM service account complete with a usable RSA key. Prints \"ok: <summary>\" and exits 0, or \
         lists every problem, each naming its key, and exits 2. File access is checked \
         as the user running it: `sudo -u sipis sipis check-config FILE` sees what the \
         service will see."

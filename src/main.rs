@@ -1,5 +1,5 @@
-//! `sipis`, the server binary: `serve`, `check-config` and the `account`
-//! commands (see `sipis --help`). Exit status: 0 success, 1 failure,
+//! `sipis`, the server binary: `serve`, `mediator`, `check-config` and the
+//! `account` commands (see `sipis --help`). Exit status: 0 success, 1 failure,
 //! 2 bad configuration or usage.
 
 mod cli;
@@ -9,6 +9,9 @@ use cli::{Cli, Command};
 use sipis::config::{Config, ConfigError};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Exit status for a configuration with problems (clap uses 2 for usage
 /// errors too).
@@ -18,6 +21,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(&args.config),
+        Command::Mediator(args) => mediator(&args.config),
         Command::CheckConfig(args) => check_config(&args.file),
         Command::Account(args) => match cli::account(args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -34,7 +38,15 @@ fn main() -> ExitCode {
 fn load_checked(path: &Path) -> Result<Config, Vec<String>> {
     let problems: Vec<String> = match Config::load(path) {
         Ok(config) => {
-            let problems = config.check();
+            let mut problems = config.check();
+            // The mediator's own look into its key files (a P-256 .p8 key,
+            // a usable service-account key), for keys not already found
+            // wrong by the configuration's checks.
+            for (key, message) in sipis::push::mediator::check_files(&config.mediator) {
+                if !problems.iter().any(|p| p.key().as_deref() == Some(&key)) {
+                    problems.push(ConfigError::Invalid { key, message });
+                }
+            }
             if problems.is_empty() {
                 return Ok(config);
             }
@@ -97,10 +109,71 @@ fn serve(path: &Path) -> ExitCode {
     }
 }
 
-/// Runs the server until SIGTERM/SIGINT (see `sipis::runtime::serve`).
+/// Runs the server until SIGTERM/SIGINT (see `sipis::runtime::serve`),
+/// with the push mediator beside it when `mediator.in_process` is set.
 fn run_serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
-    sipis::runtime::serve(config)?;
+    let mediator = if config.mediator.in_process {
+        let m = sipis::push::mediator::start(&config.mediator)?;
+        println!("push mediator in process on {}", m.local_addr());
+        Some(m)
+    } else {
+        None
+    };
+    let served = sipis::runtime::serve(config);
+    if let Some(m) = mediator {
+        m.shutdown();
+    }
+    served?;
+    Ok(())
+}
+
+/// `sipis mediator`: only the push mediator, until SIGTERM/SIGINT.
+fn mediator(path: &Path) -> ExitCode {
+    let config = match load_checked(path) {
+        Ok(c) => c,
+        Err(problems) => return report(&problems),
+    };
+    let m = &config.mediator;
+    if m.apns.is_none() && m.fcm.is_none() {
+        return report(&[format!(
+            "{}: mediator: needs [mediator.apns] or [mediator.fcm]: the mediator would \
+             have nothing to push to",
+            path.display()
+        )]);
+    }
+    init_logging(&config);
+    match run_mediator(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_mediator(config: &Config) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let m = &config.mediator;
+    let handle = sipis::push::mediator::start(m)?;
+    let services: Vec<&str> = [("APNs", m.apns.is_some()), ("FCM", m.fcm.is_some())]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect();
+    println!(
+        "sipis {} push mediator ({}) on {}",
+        env!("CARGO_PKG_VERSION"),
+        services.join(", "),
+        handle.local_addr()
+    );
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::info!("push mediator shutting down");
+    handle.shutdown();
     Ok(())
 }
 

@@ -1159,3 +1159,121 @@ fn start_refuses_bad_urls_and_a_public_listener_without_token() {
     );
 }
 
+// ------------------------------------------------------------------ CLI
+
+fn mediator_toml(keys: &Keys, stub: &Stub, port: u16) -> PathBuf {
+    let path = keys.dir.join("sipis.toml");
+    let text = format!(
+        "[server]\npublic_host = \"sip.example.net\"\ndata_dir = \"{dir}\"\n\
+         [mediator]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\ndeadline = \"3s\"\n\
+         request_timeout = \"2s\"\n\
+         [mediator.apns]\nkey_file = \"{key}\"\nkey_id = \"{KEY_ID}\"\nteam_id = \"{TEAM_ID}\"\n\
+         production_url = \"{url}\"\nsandbox_url = \"{url}\"\nca_file = \"{ca}\"\n",
+        dir = keys.dir.display(),
+        key = keys.p8.display(),
+        url = stub.url(),
+        ca = keys.ca.display(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn sipis_mediator_serves_pushes_until_sigterm() {
+    use std::io::BufRead;
+    let tls = TestTls::new();
+    let keys = Keys::new("cli", &tls);
+    let stub = Stub::start(&tls, apns_ok);
+    let port = free_port();
+    let config = mediator_toml(&keys, &stub, port);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sipis"))
+        .args(["mediator", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(
+        line.contains(&format!("push mediator (APNs) on 127.0.0.1:{port}")),
+        "{line}"
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let answer = Http1::connect(addr)
+        .request(
+            "POST",
+            "/push",
+            Some(TOKEN),
+            Some(
+                apns_request("incoming_call", "production")
+                    .to_string()
+                    .as_bytes(),
+            ),
+        )
+        .unwrap()
+        .json();
+    assert_eq!(answer["result"], "sent", "{answer}");
+    assert_eq!(stub.count(), 1);
+    verify_es256(&bearer(&stub.seen()[0]), &keys.p8_public);
+
+    // SIGTERM: a clean exit, within a second or two.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(std::net::TcpStream::connect(addr).is_err(), "port closed");
+}
+
+#[test]
+fn check_config_names_a_p8_key_that_is_not_p256() {
+    let tls = TestTls::new();
+    let keys = Keys::new("cli-check", &tls);
+    let stub = Stub::start(&tls, never);
+    let config = mediator_toml(&keys, &stub, free_port());
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sipis"))
+            .args(["check-config", config.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A PEM, PKCS#8 key the configuration's own check accepts, but P-384.
+    let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    std::fs::write(&keys.p8, p384.serialize_pem()).unwrap();
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("mediator.apns.key_file"), "{stderr}");
+    assert!(stderr.contains("not a P-256"), "{stderr}");
+    assert!(stderr.contains(keys.p8.to_str().unwrap()), "{stderr}");
+    // `sipis mediator` refuses to start with it too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sipis"))
+        .args(["mediator", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
