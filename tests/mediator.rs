@@ -650,9 +650,11 @@ fn apns_unreachable_fails_within_the_deadline() {
     let answer = w.push(&apns_request("incoming_call", "production"));
     assert!(started.elapsed() < Duration::from_millis(1200));
     assert_eq!(answer["result"], "failed");
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.contains("cannot connect"), "{error}");
     assert!(
-        answer["error"].as_str().unwrap().contains("cannot connect"),
-        "{answer}"
+        error.contains("(apns-id "),
+        "the log names the apns-id: {error}"
     );
 }
 

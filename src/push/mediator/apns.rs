@@ -392,7 +392,8 @@ impl Apns {
                         }
                         None => {
                             return Outcome::failed(format!(
-                                "APNs {env_name}: {e}; gave up at the deadline after {} retries",
+                                "APNs {env_name}: {e}; gave up at the deadline after {} \
+                                 retries (apns-id {apns_id})",
                                 backoff.retries
                             ))
                         }
