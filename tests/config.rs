@@ -892,7 +892,7 @@ fn push_defaults() {
     assert_eq!(c.push, PushConfig::default());
     assert_eq!(c.push.mediator_url, None);
     assert_eq!(c.push.token, None);
-    assert_eq!(c.push.timeout, Duration::from_secs(3));
+    assert_eq!(c.push.timeout, Duration::from_secs(5));
     assert_eq!(
         (c.push.retries, c.push.connections, c.push.queue),
         (2, 4, 10_000)
@@ -1105,8 +1105,8 @@ fn mediator_defaults() {
         (c.mediator.apns.clone(), c.mediator.fcm.clone()),
         (None, None)
     );
-    assert_eq!(c.mediator.request_timeout, Duration::from_secs(5));
-    assert_eq!(c.mediator.deadline, Duration::from_secs(10));
+    assert_eq!(c.mediator.request_timeout, Duration::from_secs(2));
+    assert_eq!(c.mediator.deadline, Duration::from_secs(4));
     assert_eq!(c.mediator.concurrency, 256);
 }
 

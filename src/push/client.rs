@@ -58,7 +58,7 @@ impl Default for PushConfig {
         PushConfig {
             mediator_url: None,
             token: None,
-            timeout: Duration::from_secs(3),
+            timeout: Duration::from_secs(5),
             retries: 2,
             connections: 4,
             queue: 10_000,

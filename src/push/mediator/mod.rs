@@ -75,8 +75,8 @@ impl Default for MediatorConfig {
             in_process: false,
             apns: None,
             fcm: None,
-            request_timeout: Duration::from_secs(5),
-            deadline: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(2),
+            deadline: Duration::from_secs(4),
             concurrency: 256,
             tls: None,
         }
