@@ -368,7 +368,7 @@ impl Engine {
             buf: BytesMut::with_capacity(64 * 1024),
             by_aor: HashMap::new(),
             verifier: NonceVerifier::new(
-                Rng::new(cfg.seed ^ 0xD1CE_57).seed32(),
+                Rng::new(cfg.seed ^ 0x00D1_CE57).seed32(),
                 now,
                 VerifierConfig::default(),
             ),

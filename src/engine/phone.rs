@@ -405,7 +405,7 @@ impl Engine {
             let name = device_name(r);
             let idx = a.devices.iter().position(|d| {
                 r.push.is_some() && d.push == r.push
-                    || &*d.name == name
+                    || *d.name == name
                     || r.push.is_none()
                         && d.push.is_none()
                         && d.binding.as_ref().is_some_and(|b| b.uri == r.uri)
