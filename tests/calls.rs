@@ -1353,3 +1353,64 @@ fn late_wake_and_two_devices_under_loss() {
         settle(&mut s);
     }
 }
+
+#[test]
+fn late_phone_answering_at_once_gets_ack_and_bye_and_nothing_after() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(5)));
+    // No provisional answer: a 200 straight away.
+    p.borrow_mut().script = Script {
+        provisional: vec![],
+        final_code: Some(200),
+        final_after: Duration::ZERO,
+        bye_after_answer: None,
+    };
+    let c = caller(&mut s);
+    c.borrow_mut().cancel_after = Some(Duration::from_secs(2));
+    c.borrow_mut().cancel_reason = Some("SIP;cause=200;text=\"Call completed elsewhere\"".into());
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(20));
+    let pb = p.borrow();
+    assert_eq!(pb.invites().len(), 1);
+    assert!(!pb.ua.requests("ACK").is_empty(), "the 2xx was not ACKed");
+    let byes = pb.ua.requests("BYE");
+    assert_eq!(byes.len(), 1);
+    assert_eq!(
+        header(&byes[0], "Reason").as_deref(),
+        Some("SIP;cause=200;text=\"Call completed elsewhere\"")
+    );
+    // RFC 3261 §9.1: nothing to CANCEL once a final answer came.
+    assert!(pb.ua.requests("CANCEL").is_empty(), "CANCEL after the 2xx");
+    drop(pb);
+    settle(&mut s);
+}
+
+#[test]
+fn loser_answering_after_the_winner_gets_no_cancel_after_its_2xx() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    provision(&mut s, "ipad", IPAD);
+    let iphone = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    iphone.borrow_mut().script.provisional = vec![];
+    iphone.borrow_mut().script.final_after = Duration::ZERO;
+    // The iPad connects just as the iPhone answers and answers at once
+    // too, without ringing first: the CANCEL sipis owes it must not
+    // follow its 2xx.
+    let ipad = phone(&mut s, PHONE2, IPAD, Some(Duration::from_millis(1040)));
+    ipad.borrow_mut().script = iphone.borrow().script.clone();
+    let c = caller(&mut s);
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(10));
+    assert_eq!(c.borrow().final_code, Some(200));
+    let ipb = ipad.borrow();
+    assert_eq!(ipb.calls.len(), 1);
+    assert_eq!(ipb.calls[0].final_code, Some(200));
+    assert_eq!(ipb.ua.requests("BYE").len(), 1);
+    assert!(ipb.ua.requests("CANCEL").is_empty(), "CANCEL after the 2xx");
+    drop(ipb);
+    s.poke(&c, |c, now, out| {
+        c.send_in_dialog(now, "BYE", None, out);
+    });
+    settle(&mut s);
+}

@@ -873,6 +873,15 @@ impl Engine {
                 l.target = t;
             }
         }
+        if code >= 200 {
+            // RFC 3261 §9.1: only a request without a final answer can be
+            // cancelled; a CANCEL still waiting for a provisional answer
+            // or the guard time is void (a 2xx is hung up with BYE).
+            l.cancel = None;
+            if let Some(t) = l.guard.take() {
+                self.wheel.cancel(t);
+            }
+        }
         match code {
             100..=199 => {
                 if l.state == LegState::Calling {
@@ -1371,6 +1380,9 @@ impl Engine {
                     return;
                 };
                 l.guard = None;
+                if l.state != LegState::Calling {
+                    return;
+                }
                 if let Some(reason) = l.cancel.take() {
                     // No provisional answer within the guard time: CANCEL
                     // anyway, as phones that never send one exist.
