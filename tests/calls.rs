@@ -1414,3 +1414,72 @@ fn loser_answering_after_the_winner_gets_no_cancel_after_its_2xx() {
     });
     settle(&mut s);
 }
+
+#[test]
+fn ringing_phone_is_not_cut_off_by_device_wait() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(2)));
+    // The user picks up after 40 s of ringing (the provider's own ring
+    // timeout is longer): sipis must not give up while it rings.
+    p.borrow_mut().script.final_after = Duration::from_secs(40);
+    let c = caller(&mut s);
+    c.borrow_mut().bye_after_answer = Some(Duration::from_secs(1));
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(50));
+    assert_eq!(c.borrow().ua.codes("INVITE"), vec![100, 180, 200]);
+    assert!(p.borrow().ua.requests("CANCEL").is_empty());
+    assert_eq!(outcomes(&s)[0].1, Outcome::Answered);
+    settle(&mut s);
+}
+
+#[test]
+fn ringing_phone_giving_up_after_the_wait_ends_the_call_with_480() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(2)));
+    // It rings for 45 s, then gives up itself.
+    p.borrow_mut().script = Script {
+        provisional: vec![180],
+        final_code: Some(480),
+        final_after: Duration::from_secs(45),
+        bye_after_answer: None,
+    };
+    let c = caller(&mut s);
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(46));
+    assert_eq!(c.borrow().final_code, None, "cut off while ringing");
+    s.run_for(Duration::from_secs(10));
+    let cb = c.borrow();
+    assert_eq!(cb.ua.codes("INVITE"), vec![100, 180, 480]);
+    let r = cb.ua.responses("INVITE").pop().unwrap();
+    assert_eq!(
+        header(&r, "X-Sipis-Reason").as_deref(),
+        Some("No-Response-From-Device")
+    );
+    drop(cb);
+    assert_eq!(outcomes(&s)[0].1, Outcome::NoResponse);
+    settle(&mut s);
+}
+
+#[test]
+fn silent_connected_phone_does_not_hold_the_call_past_the_wait() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(2)));
+    // The app registers, then never answers the INVITE at all.
+    p.borrow_mut().script = Script {
+        provisional: vec![],
+        final_code: None,
+        final_after: Duration::ZERO,
+        bye_after_answer: None,
+    };
+    let c = caller(&mut s);
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(29));
+    assert_eq!(c.borrow().final_code, None);
+    s.run_for(Duration::from_secs(2));
+    assert_eq!(c.borrow().ua.codes("INVITE"), vec![100, 180, 480]);
+    assert_eq!(outcomes(&s)[0].1, Outcome::NoResponse);
+    settle(&mut s);
+}

@@ -166,6 +166,13 @@ pub(crate) struct Leg {
     pub(super) late: bool,
 }
 
+impl Leg {
+    /// A device that answered provisionally and may still answer.
+    fn ringing(&self) -> bool {
+        self.state == LegState::Early && !self.cancelled && !self.late && self.cancel.is_none()
+    }
+}
+
 /// A relayed request waiting for its answer.
 pub(crate) struct Relay {
     pub(super) call: (usize, u64),
@@ -223,6 +230,9 @@ pub(crate) struct Call {
     pub(super) reinvite: Option<Reinvite>,
     /// Relays in flight (a BYE ends the call when its answer is relayed).
     pub(super) relays: u32,
+    /// `device_wait` ran out while a device was ringing: the call ends
+    /// when the last ringing leg does.
+    pub(super) wait_over: bool,
     pub(super) timed: CallMarks,
 }
 
@@ -421,6 +431,7 @@ impl Engine {
             early_leg: None,
             reinvite: None,
             relays: 0,
+            wait_over: false,
             timed: CallMarks::default(),
         });
         self.call_ids.insert(call_id.into(), c);
@@ -928,7 +939,7 @@ impl Engine {
                     }
                     // Anything else (503, 408, 480, ...) ends only this leg:
                     // another device, or this one again, may still come.
-                    _ => {}
+                    _ => self.leg_ended(now, c),
                 }
             }
         }
@@ -1114,7 +1125,7 @@ impl Engine {
     }
 
     /// A leg's INVITE got no answer at all (Timer B) or could not be sent.
-    pub(super) fn leg_failed(&mut self, _now: Instant, c: usize, gen: u64, leg: usize) {
+    pub(super) fn leg_failed(&mut self, now: Instant, c: usize, gen: u64, leg: usize) {
         let Some(call) = self.call_mut(c, gen) else {
             return;
         };
@@ -1122,9 +1133,21 @@ impl Engine {
             if l.state != LegState::Confirmed {
                 l.state = LegState::Done;
             }
+            l.cancel = None;
             if let Some(t) = l.guard.take() {
                 self.wheel.cancel(t);
             }
+        }
+        self.leg_ended(now, c);
+    }
+
+    /// A leg of a waiting call ended without an answer: if `device_wait`
+    /// is over and nothing rings any more, so is the call.
+    fn leg_ended(&mut self, now: Instant, c: usize) {
+        let call = &self.calls[c];
+        if call.state == CallState::Waiting && call.wait_over && !call.legs.iter().any(Leg::ringing)
+        {
+            self.end_unanswered(now, c, Outcome::NoResponse);
         }
     }
 
@@ -1371,7 +1394,15 @@ impl Engine {
         match which {
             CallTimer::Wait => {
                 call.wait = None;
-                if call.state == CallState::Waiting {
+                if call.state != CallState::Waiting {
+                    return;
+                }
+                // DESIGN §1.3 step 6: the wait is for a device to wake and
+                // connect. One that did and rings keeps the call going
+                // until it answers, the caller gives up, or its leg ends.
+                if call.legs.iter().any(Leg::ringing) {
+                    call.wait_over = true;
+                } else {
                     self.end_unanswered(now, c, Outcome::NoResponse);
                 }
             }
