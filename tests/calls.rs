@@ -1483,3 +1483,21 @@ fn silent_connected_phone_does_not_hold_the_call_past_the_wait() {
     assert_eq!(outcomes(&s)[0].1, Outcome::NoResponse);
     settle(&mut s);
 }
+
+#[test]
+fn dialog_without_bye_is_dropped_after_twelve_hours() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let _p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    let c = caller(&mut s);
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(60));
+    assert_eq!(c.borrow().final_code, Some(200));
+    assert_eq!(s.engine.call_count(), 1);
+    // Both ends vanish without a BYE: the record stays as long as a call
+    // may last, then goes.
+    s.run_for(Duration::from_secs(11 * 3600));
+    assert_eq!(s.engine.call_count(), 1);
+    s.run_for(Duration::from_secs(3600 + 120));
+    assert_eq!(s.engine.call_count(), 0, "the call record leaked");
+}

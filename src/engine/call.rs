@@ -962,6 +962,18 @@ impl Engine {
                 if let Some(t) = call.wait.take() {
                     self.wheel.cancel(t);
                 }
+                // The record lives as long as the dialog: a BYE re-arms
+                // the purge for the late-wake window; should no BYE ever
+                // come (both ends gone), it goes after MAX_DIALOG.
+                let gen = call.gen;
+                if let Some(t) = call.purge.take() {
+                    self.wheel.cancel(t);
+                }
+                let t = self
+                    .wheel
+                    .insert(now + MAX_DIALOG, Timer::Call(c, gen, CallTimer::Purge));
+                let call = &mut self.calls[c];
+                call.purge = Some(t);
                 let created = call.created;
                 record(&mut self.call_latency.answer, created, now);
                 self.stats.calls_answered += 1;
