@@ -877,6 +877,7 @@ fn device_503_does_not_end_wait() {
         final_code: Some(503),
         final_after: Duration::ZERO,
         bye_after_answer: None,
+        reliable: false,
     };
     let c = caller(&mut s);
     c.borrow_mut().bye_after_answer = Some(Duration::from_secs(1));
@@ -902,6 +903,7 @@ fn device_603_ends_wait_declined() {
         final_code: Some(603),
         final_after: Duration::from_secs(1),
         bye_after_answer: None,
+        reliable: false,
     };
     // The iPad wakes after the decline, inside the late-wake window.
     let ipad = phone(&mut s, PHONE2, IPAD, Some(Duration::from_secs(6)));
@@ -1365,6 +1367,7 @@ fn late_phone_answering_at_once_gets_ack_and_bye_and_nothing_after() {
         final_code: Some(200),
         final_after: Duration::ZERO,
         bye_after_answer: None,
+        reliable: false,
     };
     let c = caller(&mut s);
     c.borrow_mut().cancel_after = Some(Duration::from_secs(2));
@@ -1444,6 +1447,7 @@ fn ringing_phone_giving_up_after_the_wait_ends_the_call_with_480() {
         final_code: Some(480),
         final_after: Duration::from_secs(45),
         bye_after_answer: None,
+        reliable: false,
     };
     let c = caller(&mut s);
     start(&mut s, &c);
@@ -1473,6 +1477,7 @@ fn silent_connected_phone_does_not_hold_the_call_past_the_wait() {
         final_code: None,
         final_after: Duration::ZERO,
         bye_after_answer: None,
+        reliable: false,
     };
     let c = caller(&mut s);
     start(&mut s, &c);
@@ -1500,4 +1505,215 @@ fn dialog_without_bye_is_dropped_after_twelve_hours() {
     assert_eq!(s.engine.call_count(), 1);
     s.run_for(Duration::from_secs(3600 + 120));
     assert_eq!(s.engine.call_count(), 0, "the call record leaked");
+}
+
+// ---- offers, early media, routes -------------------------------------------------------
+
+#[test]
+fn late_offer_answer_in_ack_reaches_the_phone() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    let c = caller(&mut s);
+    {
+        let mut cb = c.borrow_mut();
+        cb.sdp = String::new();
+        cb.ack_sdp = Some(CALLER_SDP.into());
+        cb.bye_after_answer = Some(Duration::from_secs(2));
+    }
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(10));
+    let pb = p.borrow();
+    let inv = &pb.invites()[0];
+    assert!(body(inv).is_empty());
+    assert_eq!(header(inv, "Content-Type"), None);
+    // The phone's 200 carries the offer, the caller's ACK the answer.
+    let ok = c
+        .borrow()
+        .ua
+        .responses("INVITE")
+        .into_iter()
+        .find(|r| status(r) == Some(200))
+        .unwrap();
+    assert_eq!(text(body(&ok)), PHONE_SDP);
+    let ack = pb.ua.requests("ACK").pop().expect("no ACK at the phone");
+    assert_eq!(text(body(&ack)), CALLER_SDP);
+    assert_eq!(
+        header(&ack, "Content-Type").as_deref(),
+        Some("application/sdp")
+    );
+    drop(pb);
+    settle(&mut s);
+}
+
+#[test]
+fn early_media_183_with_100rel_and_prack_relayed() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    p.borrow_mut().script = Script {
+        provisional: vec![183],
+        final_code: Some(200),
+        final_after: Duration::from_secs(2),
+        bye_after_answer: Some(Duration::from_secs(2)),
+        reliable: true,
+    };
+    let c = caller(&mut s);
+    c.borrow_mut()
+        .extra
+        .push(("Supported".into(), "100rel".into()));
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(10));
+    let cb = c.borrow();
+    assert_eq!(cb.ua.codes("INVITE"), vec![100, 180, 183, 200]);
+    let early = cb
+        .ua
+        .responses("INVITE")
+        .into_iter()
+        .find(|r| status(r) == Some(183))
+        .unwrap();
+    assert_eq!(text(body(&early)), PHONE_SDP);
+    assert_eq!(header(&early, "Require").as_deref(), Some("100rel"));
+    assert_eq!(header(&early, "RSeq").as_deref(), Some("1"));
+    // The caller's PRACK reached the phone in its early dialog, RAck
+    // naming the INVITE (whose CSeq both legs share), and the 200 came back.
+    let pb = p.borrow();
+    let prack = pb
+        .ua
+        .requests("PRACK")
+        .pop()
+        .expect("no PRACK at the phone");
+    assert_eq!(header(&prack, "RAck").as_deref(), Some("1 1 INVITE"));
+    assert_eq!(cseq(&prack), Some((2, "PRACK".into())));
+    assert_eq!(
+        tag(&header(&prack, "To").unwrap()),
+        Some(pb.calls[0].tag.clone())
+    );
+    assert_eq!(cb.ua.codes("PRACK"), vec![200]);
+    // The BYE after the PRACK goes on in the leg's CSeq space.
+    let bye = cb.ua.requests("BYE").pop().expect("no BYE at the caller");
+    assert_eq!(header(&bye, "Call-ID"), Some(cb.call_id.clone()));
+    drop((cb, pb));
+    settle(&mut s);
+}
+
+#[test]
+fn in_dialog_requests_to_the_caller_follow_its_record_route() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    p.borrow_mut().script.bye_after_answer = Some(Duration::from_secs(2));
+    let c = caller(&mut s);
+    c.borrow_mut()
+        .extra
+        .push(("Record-Route".into(), "<sip:edge.provider.test;lr>".into()));
+    c.borrow_mut()
+        .extra
+        .push(("Record-Route".into(), "<sip:core.provider.test;lr>".into()));
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(10));
+    let cb = c.borrow();
+    let ok = cb
+        .ua
+        .responses("INVITE")
+        .into_iter()
+        .find(|r| status(r) == Some(200))
+        .unwrap();
+    // RFC 3261 §12.1.1: the 2xx echoes the Record-Route.
+    assert_eq!(
+        sim::headers(&ok, "Record-Route"),
+        vec!["<sip:edge.provider.test;lr>", "<sip:core.provider.test;lr>"]
+    );
+    // §12.2.1.1: requests in the dialog carry the route set as Route, in
+    // the INVITE's order (sipis is the UAS of the caller's leg).
+    let bye = cb.ua.requests("BYE").pop().expect("no BYE at the caller");
+    assert_eq!(
+        sim::headers(&bye, "Route"),
+        vec!["<sip:edge.provider.test;lr>", "<sip:core.provider.test;lr>"]
+    );
+    // Nothing of the caller's route set leaks to the phone.
+    for d in p.borrow().ua.received.iter().map(|r| &r.2) {
+        assert!(!text(d).contains("provider.test;lr"), "{}", text(d));
+    }
+    drop(cb);
+    settle(&mut s);
+}
+
+// ---- more endings --------------------------------------------------------------------------
+
+#[test]
+fn cancel_before_the_push_result_gets_no_180_after_the_487() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let _p = phone(&mut s, PHONE1, IPHONE, None);
+    s.mediator.delay = Duration::from_millis(500);
+    let c = caller(&mut s);
+    c.borrow_mut().cancel_after = Some(Duration::from_millis(50));
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(5));
+    assert_eq!(c.borrow().ua.codes("INVITE"), vec![100, 487]);
+    // The push still went (and the missed call after it).
+    assert_eq!(s.mediator.of_kind(PushKind::IncomingCall).len(), 1);
+    assert_eq!(s.mediator.of_kind(PushKind::MissedCall).len(), 1);
+    settle(&mut s);
+}
+
+#[test]
+fn failed_pushes_for_every_device_get_480_at_once_and_keep_the_devices() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    provision(&mut s, "ipad", IPAD);
+    s.mediator.result = Some(PushResult::Failed);
+    let c = caller(&mut s);
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(2));
+    let cb = c.borrow();
+    assert_eq!(cb.ua.codes("INVITE"), vec![100, 480]);
+    let r = cb.ua.responses("INVITE").pop().unwrap();
+    assert_eq!(
+        header(&r, "X-Sipis-Reason").as_deref(),
+        Some("Device-Not-Reachable")
+    );
+    drop(cb);
+    assert_eq!(s.engine.devices(s.now, 1).len(), 2);
+    assert_eq!(s.engine.stats().pushes_failed, 2);
+    assert_eq!(outcomes(&s)[0].1, Outcome::Unreachable);
+    settle(&mut s);
+}
+
+#[test]
+fn invite_for_unknown_token_gets_404() {
+    let mut s = sim();
+    let c = SimCaller::new(addr(CALLER), s.engine_addr, "nosuchtoken");
+    let c = s.add_peer(c, Flow::Udp);
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(2));
+    assert_eq!(c.borrow().ua.codes("INVITE"), vec![100, 404]);
+    assert!(s.mediator.log.is_empty());
+    settle(&mut s);
+}
+
+#[test]
+fn two_calls_waiting_both_reach_the_woken_phone() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    p.borrow_mut().script.final_code = Some(486);
+    let c1 = caller(&mut s);
+    let c2 = SimCaller::new(addr("127.0.0.4:5060"), s.engine_addr, ACCOUNT_TOKEN);
+    let c2 = s.add_peer(c2, Flow::Udp);
+    start(&mut s, &c1);
+    s.run_for(Duration::from_millis(300));
+    start(&mut s, &c2);
+    s.run_for(Duration::from_secs(10));
+    // Two pushes, two wakes, one INVITE per call.
+    assert_eq!(s.mediator.of_kind(PushKind::IncomingCall).len(), 2);
+    let pb = p.borrow();
+    let ids: Vec<_> = pb.calls.iter().map(|c| c.call_id.clone()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&c1.borrow().call_id) && ids.contains(&c2.borrow().call_id));
+    drop(pb);
+    assert_eq!(c1.borrow().final_code, Some(486));
+    assert_eq!(c2.borrow().final_code, Some(486));
+    settle(&mut s);
 }

@@ -22,7 +22,10 @@ pub struct SimCaller {
     pub display: String,
     pub from_uri: String,
     pub to_uri: String,
+    /// The INVITE's offer; empty for a late offer (the answer then goes
+    /// in the ACK: `ack_sdp`).
     pub sdp: String,
+    pub ack_sdp: Option<String>,
     /// The INVITE's CSeq number.
     pub cseq: u32,
     /// Extra INVITE headers (Priority, Replaces, Record-Route, ...).
@@ -46,6 +49,8 @@ pub struct SimCaller {
     pub dialog: Option<Dialog>,
     /// The ACK of the 2xx, re-sent for each retransmitted 2xx.
     ack: Option<Bytes>,
+    /// RSeq of the reliable provisionals PRACKed.
+    pracked: Vec<u32>,
     /// ACKs of re-INVITE 2xx, by CSeq.
     reinvite_acks: Vec<(u32, Bytes)>,
     bye_at: Option<Instant>,
@@ -70,6 +75,7 @@ impl SimCaller {
             from_uri: "sip:bob@provider.test".into(),
             to_uri: "sip:user1@provider.test".into(),
             sdp: CALLER_SDP.into(),
+            ack_sdp: None,
             cseq: 1,
             extra: Vec::new(),
             cancel_after: None,
@@ -86,6 +92,7 @@ impl SimCaller {
             dialog: None,
             ack: None,
             reinvite_acks: Vec::new(),
+            pracked: Vec::new(),
             bye_at: None,
             ended: false,
             timeouts: Vec::new(),
@@ -115,8 +122,11 @@ impl SimCaller {
         for (k, v) in &self.extra {
             s.push_str(&format!("{k}: {v}\r\n"));
         }
+        if !self.sdp.is_empty() {
+            s.push_str("Content-Type: application/sdp\r\n");
+        }
         s.push_str(&format!(
-            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
+            "Content-Length: {}\r\n\r\n{}",
             self.sdp.len(),
             self.sdp
         ));
@@ -156,6 +166,24 @@ impl SimCaller {
         self.ua.send_request(now, self.engine, Bytes::from(s), out);
     }
 
+    /// The dialog a response to the INVITE makes (§12.1.2).
+    fn dialog_from(&self, resp: &[u8]) -> Dialog {
+        let to = header(resp, "To").unwrap_or_default();
+        let mut routes = headers(resp, "Record-Route");
+        routes.reverse();
+        Dialog {
+            call_id: self.call_id.clone(),
+            local: self.local_party(),
+            local_tag: self.from_tag.clone(),
+            remote: without_tag(&to),
+            remote_tag: tag(&to).unwrap_or_default(),
+            target: contact_uri(&header(resp, "Contact").unwrap_or_default()),
+            routes,
+            cseq: self.cseq,
+            contact: format!("sip:bob@{}", self.ua.addr),
+        }
+    }
+
     /// Sends a request in the dialog (BYE, INFO, re-INVITE, UPDATE); the
     /// request as sent.
     pub fn send_in_dialog(
@@ -190,6 +218,31 @@ impl SimCaller {
         out: &mut Out,
     ) {
         match (method, code) {
+            ("INVITE", 101..=199)
+                if header(&data, "Require").is_some_and(|r| r.contains("100rel")) =>
+            {
+                self.provisional = true;
+                // RFC 3262 §4: PRACK each reliable provisional once, in the
+                // early dialog it makes.
+                let rseq: u32 = header(&data, "RSeq")
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(0);
+                if !self.pracked.contains(&rseq) {
+                    self.pracked.push(rseq);
+                    if self.dialog.is_none() {
+                        self.dialog = Some(self.dialog_from(&data));
+                    }
+                    let rack = format!("{rseq} {} INVITE", self.cseq);
+                    let branch = self.ua.branch();
+                    let via = self.ua.addr.to_string();
+                    let d = self.dialog.as_mut().expect("early dialog");
+                    let prack = d.request(&via, &branch, "PRACK", None, &[("RAck", rack)], None);
+                    self.ua.send_request(now, self.engine, prack, out);
+                }
+                if self.cancel_wanted && !self.cancel_sent && self.final_code.is_none() {
+                    self.send_cancel(now, out);
+                }
+            }
             ("INVITE", 100..=199) => {
                 self.provisional = true;
                 if self.cancel_wanted && !self.cancel_sent && self.final_code.is_none() {
@@ -222,23 +275,15 @@ impl SimCaller {
                     return;
                 }
                 self.final_code = Some(code);
-                let to = header(&data, "To").unwrap_or_default();
-                let mut routes = headers(&data, "Record-Route");
-                routes.reverse();
-                let mut d = Dialog {
-                    call_id: self.call_id.clone(),
-                    local: self.local_party(),
-                    local_tag: self.from_tag.clone(),
-                    remote: without_tag(&to),
-                    remote_tag: tag(&to).unwrap_or_default(),
-                    target: contact_uri(&header(&data, "Contact").unwrap_or_default()),
-                    routes,
-                    cseq: self.cseq,
-                    contact: format!("sip:bob@{}", self.ua.addr),
-                };
+                let mut d = self.dialog_from(&data);
+                // An early dialog's CSeq (PRACKs) carries on.
+                if let Some(early) = &self.dialog {
+                    d.cseq = early.cseq;
+                }
                 let branch = self.ua.branch();
                 let via = self.ua.addr.to_string();
-                let ack = d.request(&via, &branch, "ACK", Some(self.cseq), &[], None);
+                let body = self.ack_sdp.as_ref().map(|b| b.as_bytes());
+                let ack = d.request(&via, &branch, "ACK", Some(self.cseq), &[], body);
                 self.dialog = Some(d);
                 self.ack = Some(ack.clone());
                 self.ua.send_raw(now, self.engine, ack, out);

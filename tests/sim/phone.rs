@@ -26,6 +26,9 @@ pub struct Script {
     pub final_after: Duration,
     /// BYE this long after answering.
     pub bye_after_answer: Option<Duration>,
+    /// Provisional answers are reliable (RFC 3262: `Require: 100rel`,
+    /// `RSeq`); a 183 carries the SDP answer (early media).
+    pub reliable: bool,
 }
 
 impl Default for Script {
@@ -35,6 +38,7 @@ impl Default for Script {
             final_code: Some(200),
             final_after: Duration::from_secs(2),
             bye_after_answer: None,
+            reliable: false,
         }
     }
 }
@@ -326,15 +330,21 @@ impl SimPhone {
                     acks: Vec::new(),
                     ended: false,
                 });
-                let contact = [("Contact", format!("<sip:{}@{}>", self.user, self.ua.addr))];
-                for code in self.script.provisional.clone() {
+                let contact = format!("<sip:{}@{}>", self.user, self.ua.addr);
+                for (n, code) in self.script.provisional.clone().into_iter().enumerate() {
                     let reason = if code == 183 {
                         "Session Progress"
                     } else {
                         "Ringing"
                     };
+                    let mut extra = vec![("Contact", contact.clone())];
+                    if self.script.reliable {
+                        extra.push(("Require", "100rel".into()));
+                        extra.push(("RSeq", (n + 1).to_string()));
+                    }
+                    let sdp = (code == 183).then_some(PHONE_SDP.as_bytes());
                     self.ua
-                        .respond(now, &req, from, code, reason, &tag, &contact, None, out);
+                        .respond(now, &req, from, code, reason, &tag, &extra, sdp, out);
                 }
                 if self.script.final_after.is_zero() {
                     let i = self.calls.len() - 1;
@@ -377,7 +387,8 @@ impl SimPhone {
                 None,
                 out,
             ),
-            (_, Some(t), Some(i)) if self.calls[i].tag == t && self.calls[i].dialog.is_some() => {
+            // In the dialog, early (PRACK, UPDATE, INFO) or confirmed.
+            (_, Some(t), Some(i)) if self.calls[i].tag == t => {
                 let tag = self.calls[i].tag.clone();
                 match m.as_str() {
                     "BYE" => {
