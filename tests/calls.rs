@@ -1642,6 +1642,52 @@ fn in_dialog_requests_to_the_caller_follow_its_record_route() {
 // ---- more endings --------------------------------------------------------------------------
 
 #[test]
+fn caller_cancel_crossing_the_phones_200_hangs_the_phone_up_without_completed_elsewhere() {
+    // A reference run: when does the phone send its 200?
+    let answered_at = {
+        let mut s = sim();
+        provision(&mut s, "iphone", IPHONE);
+        let p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+        let c = caller(&mut s);
+        start(&mut s, &c);
+        s.run_for(Duration::from_secs(10));
+        let pb = p.borrow();
+        let sent = pb
+            .ua
+            .sent
+            .iter()
+            .find(|(_, d)| status(d) == Some(200) && cseq(d).is_some_and(|c| c.1 == "INVITE"))
+            .unwrap()
+            .0;
+        sent - s.start
+    };
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    let c = caller(&mut s);
+    // The CANCEL reaches sipis 5 ms before the phone's 200 does (10 ms
+    // links), and sipis's CANCEL reaches the phone after it answered.
+    c.borrow_mut().cancel_after =
+        Some(answered_at - Duration::from_secs(1) - Duration::from_millis(5));
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(10));
+    assert_eq!(c.borrow().ua.codes("INVITE"), vec![100, 180, 487]);
+    let pb = p.borrow();
+    assert_eq!(pb.calls[0].final_code, Some(200));
+    assert!(
+        !pb.ua.requests("ACK").is_empty(),
+        "the phone's 2xx was not ACKed"
+    );
+    let byes = pb.ua.requests("BYE");
+    assert_eq!(byes.len(), 1, "the phone was not hung up");
+    // The caller hung up: the phone must not file it as answered elsewhere.
+    assert_eq!(header(&byes[0], "Reason"), None, "{}", text(&byes[0]));
+    drop(pb);
+    assert_eq!(outcomes(&s)[0].1, Outcome::CallerCancelled);
+    settle(&mut s);
+}
+
+#[test]
 fn cancel_before_the_push_result_gets_no_180_after_the_487() {
     let mut s = sim();
     provision(&mut s, "iphone", IPHONE);

@@ -774,7 +774,8 @@ impl Engine {
         }
     }
 
-    /// The Reason a late-woken device's CANCEL carries.
+    /// The Reason a device that comes too late gets in its CANCEL (a late
+    /// wake) or BYE (a 2xx after the call was decided), from the outcome.
     fn late_reason(&self, c: usize) -> Option<Bytes> {
         let call = &self.calls[c];
         match call.outcome.map(|(o, _)| o) {
@@ -1021,11 +1022,10 @@ impl Engine {
                 l.state = LegState::Confirmed;
                 if l.ack.is_none() {
                     self.ack_leg(now, c, leg, None, None);
-                    let reason = if self.calls[c].legs[leg].late {
-                        self.late_reason(c)
-                    } else {
-                        Some(Bytes::from_static(COMPLETED_ELSEWHERE))
-                    };
+                    // Why it is hung up follows from how the call went:
+                    // another device answered, or it was declined, or the
+                    // caller hung up (its own Reason, or none).
+                    let reason = self.late_reason(c);
                     self.bye_leg(now, c, leg, reason);
                 } else if let Some(ack) = l.ack.clone() {
                     let (dest, flow) = (l.dest, l.flow);
