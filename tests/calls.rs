@@ -323,21 +323,29 @@ fn check_answered_call(s: &mut Sim, c: &Caller, p: &Phone, bye_from_phone: bool)
     assert_eq!(json["device"]["token"], IPHONE);
     assert_eq!(json["device"]["topic"], "com.example.voip");
 
-    // The caller: 100, 180 with the push status, the phone's 180, 200.
+    // The caller: 100, 180 with the push status, the phone's 180, 200
+    // (provisional answers are not retransmitted: under loss some may
+    // never arrive, so what sipis sent is checked instead).
     let cb = c.borrow();
     let codes = cb.ua.codes("INVITE");
-    assert_eq!(codes.first(), Some(&100), "{codes:?}");
     assert_eq!(codes.last(), Some(&200), "{codes:?}");
     assert!(
         codes.iter().all(|c| [100, 180, 200].contains(c)),
         "{codes:?}"
     );
-    let ringing = cb.ua.responses("INVITE");
-    let first_180 = ringing.iter().find(|r| status(r) == Some(180)).unwrap();
+    let to_caller: Vec<_> = s
+        .sent
+        .iter()
+        .filter(|(_, d, p)| *d == addr(CALLER) && cseq(p).is_some_and(|c| c.1 == "INVITE"))
+        .map(|(_, _, p)| p.clone())
+        .collect();
+    assert_eq!(status(&to_caller[0]), Some(100));
+    let first_180 = to_caller.iter().find(|r| status(r) == Some(180)).unwrap();
     assert_eq!(
         header(first_180, "X-Sipis-Push-Status").as_deref(),
         Some("Push-Notification-Sent")
     );
+    let ringing = cb.ua.responses("INVITE");
     let ok = ringing.iter().find(|r| status(r) == Some(200)).unwrap();
     assert_eq!(text(body(ok)), PHONE_SDP);
     assert_eq!(
@@ -1007,7 +1015,7 @@ fn reinvite_and_info(lossy: Option<u64>) {
     let p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
     let c = caller(&mut s);
     start(&mut s, &c);
-    s.run_for(Duration::from_secs(8));
+    s.run_for(Duration::from_secs(30));
     assert_eq!(c.borrow().final_code, Some(200));
     let call_id = c.borrow().call_id.clone();
     let caller_tag = c.borrow().from_tag.clone();
@@ -1296,12 +1304,23 @@ fn phone_unregistering_removes_its_device() {
 
 #[test]
 fn late_wake_and_two_devices_under_loss() {
-    for seed in [2, 13, 101, 5555, 31_337] {
+    late_wake_and_two_devices_lossy([2, 13, 101, 5555, 31_337].into_iter(), 0.10);
+}
+
+/// Whether sipis received any answer to an INVITE from the phone at `at`.
+fn heard_from(s: &Sim, at: &str) -> bool {
+    s.received.iter().any(|(_, from, d)| {
+        *from == addr(at) && status(d).is_some() && cseq(d).is_some_and(|c| c.1 == "INVITE")
+    })
+}
+
+fn late_wake_and_two_devices_lossy(seeds: impl Iterator<Item = u64>, loss: f64) {
+    for seed in seeds {
         let reason = "SIP;cause=200;text=\"Call completed elsewhere\"";
         let mut s = sim();
         s.seed(seed);
         s.conditions = Conditions {
-            loss: 0.10,
+            loss,
             duplicate: 0.05,
             delay: (Duration::from_millis(5), Duration::from_millis(60)),
         };
@@ -1315,6 +1334,27 @@ fn late_wake_and_two_devices_under_loss() {
         s.run_for(Duration::from_secs(20));
         assert_eq!(c.borrow().final_code, Some(487), "seed {seed}");
         let pb = p.borrow();
+        // A phone that could not register inside the window (a long run
+        // of lost REGISTERs) gets nothing, as it should.
+        let ended = s
+            .events
+            .iter()
+            .find_map(|(_, e)| match e {
+                Event::CallOutcome { ended, .. } => Some(*ended),
+                _ => None,
+            })
+            .unwrap();
+        let registered = s
+            .events
+            .iter()
+            .find(|(_, e)| matches!(e, Event::DeviceSaved { .. }))
+            .map(|(t, _)| *t);
+        if registered.is_none_or(|t| t >= ended + Duration::from_secs(15)) {
+            assert!(pb.invites().is_empty(), "seed {seed}");
+            drop(pb);
+            settle(&mut s);
+            continue;
+        }
         assert_eq!(pb.invites().len(), 1, "seed {seed}");
         // However the packets fell, the phone ends up cancelled with the
         // reason (or, if its answer won the race, hung up with it).
@@ -1328,15 +1368,19 @@ fn late_wake_and_two_devices_under_loss() {
             .requests("BYE")
             .iter()
             .any(|x| header(x, "Reason").as_deref() == Some(reason));
-        assert!(cancelled || byed, "seed {seed}");
-        assert!(pb.calls[0].final_code.is_some(), "seed {seed}");
+        // Unless every answer of the phone was lost: then §9.1 allows
+        // no CANCEL and sipis only cleans up (Timer B).
+        if heard_from(&s, PHONE1) {
+            assert!(cancelled || byed, "seed {seed}");
+            assert!(pb.calls[0].final_code.is_some(), "seed {seed}");
+        }
         drop(pb);
         settle(&mut s);
 
         let mut s = sim();
         s.seed(seed);
         s.conditions = Conditions {
-            loss: 0.10,
+            loss,
             duplicate: 0.05,
             delay: (Duration::from_millis(5), Duration::from_millis(60)),
         };
@@ -1351,7 +1395,9 @@ fn late_wake_and_two_devices_under_loss() {
         s.run_for(Duration::from_secs(30));
         assert_eq!(c.borrow().final_code, Some(200), "seed {seed}");
         assert!(c.borrow().ended, "seed {seed}");
-        assert_eq!(ipad.borrow().calls[0].final_code, Some(487), "seed {seed}");
+        if heard_from(&s, PHONE2) {
+            assert_eq!(ipad.borrow().calls[0].final_code, Some(487), "seed {seed}");
+        }
         settle(&mut s);
     }
 }
@@ -1762,4 +1808,40 @@ fn two_calls_waiting_both_reach_the_woken_phone() {
     assert_eq!(c1.borrow().final_code, Some(486));
     assert_eq!(c2.borrow().final_code, Some(486));
     settle(&mut s);
+}
+
+/// flows above: every one must end as it should.
+/// Prints what every side sent, received and lost, in time order: for
+/// reading a failing seed (`dump(&s, &[("CALLER", &c.borrow().ua)])`).
+#[allow(dead_code)]
+fn dump(s: &Sim, peers: &[(&str, &sim::ua::Ua)]) {
+    let mut all: Vec<(Duration, String)> = Vec::new();
+    let line = |pk: &[u8]| {
+        text(pk).lines().take(1).collect::<String>()
+            + " | "
+            + &header(pk, "CSeq").unwrap_or_default()
+            + " | "
+            + &header(pk, "Reason").unwrap_or_default()
+    };
+    for (name, ua) in peers {
+        for (t, pk) in &ua.sent {
+            all.push((*t - s.start, format!("{name} sent: {}", line(pk))));
+        }
+        for (t, _, pk) in &ua.received {
+            all.push((*t - s.start, format!("{name} got: {}", line(pk))));
+        }
+    }
+    for (t, d, pk) in &s.sent {
+        all.push((*t - s.start, format!("ENGINE -> {d}: {}", line(pk))));
+    }
+    for (t, d, pk) in &s.lost {
+        all.push((*t - s.start, format!("LOST -> {d}: {}", line(pk))));
+    }
+    for (t, d, pk) in &s.received {
+        all.push((*t - s.start, format!("ENGINE <- {d}: {}", line(pk))));
+    }
+    all.sort();
+    for (t, l) in all {
+        println!("{:>10.3} {l}", t.as_secs_f64());
+    }
 }

@@ -116,6 +116,11 @@ pub struct Sim {
     pub sent: Vec<(Instant, SocketAddr, Bytes)>,
     /// Engine transmits to a peer on another flow than the peer's.
     pub wrong_flow: Vec<(Instant, SocketAddr, Flow)>,
+    /// Every packet the engine received, with its time and source.
+    pub received: Vec<(Instant, SocketAddr, Bytes)>,
+    drops: Vec<(SocketAddr, String, u32)>,
+    /// Packets lost (by `drop_next` or by chance).
+    pub lost: Vec<(Instant, SocketAddr, Bytes)>,
 }
 
 impl Sim {
@@ -142,6 +147,9 @@ impl Sim {
             events: Vec::new(),
             sent: Vec::new(),
             wrong_flow: Vec::new(),
+            received: Vec::new(),
+            drops: Vec::new(),
+            lost: Vec::new(),
         }
     }
 
@@ -188,8 +196,24 @@ impl Sim {
         (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Loses the next `count` packets to `to` whose first line starts
+    /// with `start` (e.g. `"INVITE "`): a loss placed exactly.
+    pub fn drop_next(&mut self, to: SocketAddr, start: &str, count: u32) {
+        self.drops.push((to, start.to_owned(), count));
+    }
+
     fn send(&mut self, from: SocketAddr, to: SocketAddr, data: Bytes) {
+        if let Some(d) = self
+            .drops
+            .iter_mut()
+            .find(|d| d.0 == to && d.2 > 0 && data.starts_with(d.1.as_bytes()))
+        {
+            d.2 -= 1;
+            self.lost.push((self.now, to, data));
+            return;
+        }
         if self.rand() < self.conditions.loss {
+            self.lost.push((self.now, to, data));
             return;
         }
         let copies = if self.rand() < self.conditions.duplicate {
@@ -304,6 +328,7 @@ impl Sim {
                         .iter()
                         .find(|s| s.addr == p.from)
                         .map_or(Flow::Udp, |s| s.flow);
+                    self.received.push((now, p.from, p.data.clone()));
                     self.engine.handle_datagram(now, p.from, flow, &p.data);
                     self.flush_engine();
                 } else if p.to == self.registrar.addr() {

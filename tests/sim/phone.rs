@@ -54,6 +54,9 @@ pub struct PhoneCall {
     pub final_code: Option<u16>,
     pub dialog: Option<Dialog>,
     bye_at: Option<Instant>,
+    /// Its INVITE's 2xx was ACKed.
+    pub acked: bool,
+    bye_pending: bool,
     /// ACKs of the phone's re-INVITEs' 2xx, by CSeq.
     acks: Vec<(u32, Bytes)>,
     pub ended: bool,
@@ -234,6 +237,14 @@ impl SimPhone {
         req
     }
 
+    fn hang_up(&mut self, now: Instant, i: usize, out: &mut Out) {
+        if !self.calls[i].ended {
+            self.calls[i].ended = true;
+            let id = self.calls[i].call_id.clone();
+            self.send_in_dialog(now, &id, "BYE", None, out);
+        }
+    }
+
     /// ACKs the 2xx of a re-INVITE the phone sent (§13.2.2.4), the same
     /// ACK for its retransmissions.
     fn ack_reinvite(&mut self, now: Instant, resp: &[u8], out: &mut Out) {
@@ -328,6 +339,8 @@ impl SimPhone {
                     dialog: None,
                     bye_at: None,
                     acks: Vec::new(),
+                    acked: false,
+                    bye_pending: false,
                     ended: false,
                 });
                 let contact = format!("<sip:{}@{}>", self.user, self.ua.addr);
@@ -481,6 +494,20 @@ impl Peer for SimPhone {
     fn handle(&mut self, now: Instant, from: SocketAddr, data: &[u8], out: &mut Out) {
         match self.ua.receive(now, from, data, out) {
             Some(Input::Request(req)) => self.on_request(now, from, req, out),
+            Some(Input::Ack(ack)) => {
+                let id = header(&ack, "Call-ID").unwrap_or_default();
+                let n = cseq(&ack).map(|c| c.0);
+                if let Some(i) = self
+                    .calls
+                    .iter()
+                    .position(|c| c.call_id == id && n == cseq(&c.invite).map(|c| c.0))
+                {
+                    self.calls[i].acked = true;
+                    if std::mem::take(&mut self.calls[i].bye_pending) {
+                        self.hang_up(now, i, out);
+                    }
+                }
+            }
             Some(Input::Response {
                 method, code, data, ..
             }) => self.on_response(now, &method, code, data, out),
@@ -512,10 +539,12 @@ impl Peer for SimPhone {
             }
             if self.calls[i].bye_at.is_some_and(|t| t <= now) {
                 self.calls[i].bye_at = None;
-                if !self.calls[i].ended {
-                    self.calls[i].ended = true;
-                    let id = self.calls[i].call_id.clone();
-                    self.send_in_dialog(now, &id, "BYE", None, out);
+                // RFC 3261 §15: the callee hangs up only once its 2xx is
+                // ACKed.
+                if self.calls[i].acked {
+                    self.hang_up(now, i, out);
+                } else {
+                    self.calls[i].bye_pending = true;
                 }
             }
         }
