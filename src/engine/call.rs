@@ -11,8 +11,9 @@ pub struct CallConfig {
     /// How long each pushed call's outcome is kept for a device that wakes
     /// late (DESIGN §1.4).
     pub late_wake_window: Duration,
-    /// Late wake: CANCEL this long after the INVITE if the phone sent no
-    /// provisional answer by then.
+    /// CANCEL a leg this long after its INVITE if the phone sent no
+    /// provisional answer by then — over a stream only: over UDP the
+    /// CANCEL waits for a provisional answer (RFC 3261 §9.1).
     pub late_wake_guard: Duration,
     /// Send `X-Sipis-Push-Status: Push-Notification-Sent` in the 180.
     pub push_status_header: bool,
@@ -788,7 +789,8 @@ impl Engine {
     }
 
     /// Cancels a leg: now if the phone answered provisionally, else when
-    /// it does or the guard time passes (RFC 3261 §9.1).
+    /// it does (RFC 3261 §9.1) — or, over a stream, when the guard time
+    /// passes.
     fn cancel_leg(&mut self, now: Instant, c: usize, leg: usize, reason: Option<Bytes>) {
         let guard = self.cfg.calls.late_wake_guard;
         let call = &mut self.calls[c];
@@ -800,11 +802,22 @@ impl Engine {
         if l.state == LegState::Calling {
             if l.cancel.is_none() {
                 l.cancel = Some(reason);
-                let t = self.wheel.insert(
-                    now + guard,
-                    Timer::Call(c, gen, CallTimer::Guard(leg as u16)),
-                );
-                l.guard = Some(t);
+                // §9.1 forbids a CANCEL before a provisional answer because
+                // over UDP it can overtake the INVITE: the phone answers it
+                // 481, then rings when the INVITE's retransmission arrives,
+                // and no second CANCEL can be sent (same branch). A compliant
+                // phone sends 100 Trying at once (§17.2.1), retransmitted on
+                // every INVITE retransmission, so the CANCEL follows it; if
+                // nothing ever comes, Timer B ends the leg. Over a stream
+                // the INVITE is delivered first, so the guard time may
+                // cover phones that send no provisional there.
+                if matches!(l.flow, Flow::Stream(_)) {
+                    let t = self.wheel.insert(
+                        now + guard,
+                        Timer::Call(c, gen, CallTimer::Guard(leg as u16)),
+                    );
+                    l.guard = Some(t);
+                }
             }
             return;
         }
