@@ -1906,3 +1906,122 @@ fn late_wake_whose_invite_is_lost_twice_still_ends_in_cancel() {
     assert_eq!(s.engine.stats().late_wakes_completed, 1);
     settle(&mut s);
 }
+
+#[test]
+fn phone_ringing_forever_is_cancelled_after_timer_c() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    p.borrow_mut().script.final_code = None;
+    let c = caller(&mut s);
+    start(&mut s, &c);
+    // device_wait (30 s) + Timer C (181 s), less a second: still ringing.
+    s.run_for(Duration::from_secs(210));
+    assert_eq!(c.borrow().final_code, None);
+    s.run_for(Duration::from_secs(2));
+    assert_eq!(c.borrow().ua.codes("INVITE"), vec![100, 180, 480]);
+    let pb = p.borrow();
+    assert!(!pb.ua.requests("CANCEL").is_empty());
+    assert_eq!(pb.calls[0].final_code, Some(487));
+    drop(pb);
+    assert_eq!(outcomes(&s)[0].1, Outcome::NoResponse);
+    settle(&mut s);
+}
+
+/// Random flows: when the phones wake, whether and when they answer,
+/// whether and when the caller gives up, one or two devices, 0–20 % loss.
+/// Whatever happens, it must end cleanly: the caller gets one final
+/// answer, no phone is left ringing or in a call, one outcome is
+/// recorded, and nothing stays in the engine.
+#[test]
+fn random_flows_end_cleanly() {
+    let mut fails = Vec::new();
+    for seed in 1..300u64 {
+        if std::panic::catch_unwind(|| random_flow(seed)).is_err() {
+            fails.push(seed);
+        }
+    }
+    assert!(fails.is_empty(), "seeds {fails:?}");
+}
+
+fn random_flow(seed: u64) {
+    let mut r = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = |n: u64| {
+        r ^= r << 13;
+        r ^= r >> 7;
+        r ^= r << 17;
+        r % n
+    };
+    let ms = |v: u64| Duration::from_millis(v);
+    let mut s = sim();
+    s.seed(seed);
+    s.conditions = Conditions {
+        loss: [0.0, 0.1, 0.2][next(3) as usize],
+        duplicate: 0.05,
+        delay: (ms(5), ms(60)),
+    };
+    let devices = 1 + next(2);
+    let mut phones = Vec::new();
+    for (i, (name, token, at)) in [("iphone", IPHONE, PHONE1), ("ipad", IPAD, PHONE2)]
+        .into_iter()
+        .take(devices as usize)
+        .enumerate()
+    {
+        provision(&mut s, name, token);
+        let wake = (next(5) > 0).then(|| ms(200 + next(8000)));
+        let p = phone(&mut s, at, token, wake);
+        {
+            let mut pb = p.borrow_mut();
+            pb.script.final_code = [Some(200), Some(200), None, Some(486)][next(4) as usize];
+            pb.script.final_after = ms(next(5000));
+            pb.script.provisional = if next(4) == 0 { vec![] } else { vec![180] };
+            pb.registers_per_wake = 1 + next(2) as u32;
+        }
+        let _ = i;
+        phones.push((at, p));
+    }
+    let c = caller(&mut s);
+    {
+        let mut cb = c.borrow_mut();
+        if next(2) == 0 {
+            cb.cancel_after = Some(ms(300 + next(10_000)));
+            cb.cancel_reason = [
+                None,
+                Some("SIP;cause=200;text=\"Call completed elsewhere\"".to_owned()),
+                Some("SIP;cause=487;text=\"ORIGINATOR_CANCEL\"".to_owned()),
+            ][next(3) as usize]
+                .clone();
+        }
+        cb.bye_after_answer = Some(ms(500 + next(3000)));
+    }
+    start(&mut s, &c);
+    // Past device_wait + Timer C: a phone that rings on ends then.
+    s.run_for(Duration::from_secs(240));
+    let cb = c.borrow();
+    let fin = cb.final_code;
+    assert!(
+        matches!(fin, Some(200 | 486 | 487 | 480)),
+        "seed {seed}: caller final {fin:?} {:?}",
+        cb.ua.codes("INVITE")
+    );
+    if fin == Some(200) {
+        assert!(cb.ended, "seed {seed}: the caller's call did not end");
+    }
+    drop(cb);
+    for (at, p) in &phones {
+        let pb = p.borrow();
+        if !heard_from(&s, at) {
+            continue;
+        }
+        for call in &pb.calls {
+            match call.final_code {
+                Some(200) => assert!(call.ended, "seed {seed}: {at} left in a call"),
+                Some(_) => {}
+                None => panic!("seed {seed}: {at} left ringing"),
+            }
+        }
+    }
+    let n = outcomes(&s).len();
+    assert_eq!(n, 1, "seed {seed}: {:?}", outcomes(&s));
+    settle(&mut s);
+}

@@ -1425,8 +1425,14 @@ impl Engine {
                 // DESIGN §1.3 step 6: the wait is for a device to wake and
                 // connect. One that did and rings keeps the call going
                 // until it answers, the caller gives up, or its leg ends.
-                if call.legs.iter().any(Leg::ringing) {
+                if !call.wait_over && call.legs.iter().any(Leg::ringing) {
                     call.wait_over = true;
+                    // Nothing rings forever: RFC 3261 §16.6 step 11's
+                    // Timer C (more than 3 min) bounds it.
+                    let t = self
+                        .wheel
+                        .insert(now + TIMER_C, Timer::Call(c, gen, CallTimer::Wait));
+                    self.calls[c].wait = Some(t);
                 } else {
                     self.end_unanswered(now, c, Outcome::NoResponse);
                 }
@@ -1478,6 +1484,10 @@ impl Engine {
         }
     }
 }
+
+/// How long a phone may ring once `device_wait` is over (RFC 3261
+/// §16.6 step 11, Timer C: more than 3 minutes).
+const TIMER_C: std::time::Duration = std::time::Duration::from_secs(181);
 
 /// The longest a dialog's record is kept without a BYE (a lost BYE must
 /// not leak the call record).
