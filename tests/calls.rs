@@ -1928,6 +1928,50 @@ fn phone_ringing_forever_is_cancelled_after_timer_c() {
     settle(&mut s);
 }
 
+#[test]
+fn calls_decided_elsewhere_send_call_cancelled_to_fcm_devices() {
+    const PIXEL: &str = "fcm-token-7c1d2e3f";
+    for (reason, kind, expect) in [
+        (
+            "SIP;cause=200;text=\"Call completed elsewhere\"",
+            Outcome::AnsweredElsewhere,
+            "answered_elsewhere",
+        ),
+        (
+            "SIP;cause=603;text=\"Declined\"",
+            Outcome::Declined,
+            "declined_elsewhere",
+        ),
+    ] {
+        let mut s = sim();
+        provision(&mut s, "iphone", IPHONE);
+        assert!(s
+            .engine
+            .put_device(1, "pixel", "fcm", PIXEL, Some("example-project")));
+        let c = caller(&mut s);
+        c.borrow_mut().cancel_after = Some(Duration::from_secs(2));
+        c.borrow_mut().cancel_reason = Some(reason.into());
+        start(&mut s, &c);
+        s.run_for(Duration::from_secs(5));
+        assert_eq!(outcomes(&s)[0].1, kind);
+        // Both were woken; only the Android device gets the follow-up
+        // (iOS closes its call screen on the late-wake CANCEL).
+        assert_eq!(s.mediator.of_kind(PushKind::IncomingCall).len(), 2);
+        let cancelled = s.mediator.of_kind(PushKind::CallCancelled);
+        assert_eq!(cancelled.len(), 1, "{kind:?}");
+        let json = serde_json::to_value(cancelled[0]).unwrap();
+        assert_eq!(json["kind"], "call_cancelled");
+        assert_eq!(json["device"]["platform"], "fcm");
+        assert_eq!(json["device"]["token"], PIXEL);
+        assert_eq!(json["device"]["topic"], "example-project");
+        assert_eq!(json["call"]["call_id"], c.borrow().call_id.as_str());
+        // The reason as the push protocol names it (src/push: PushCall).
+        assert_eq!(json["call"]["reason"], expect);
+        assert!(s.mediator.of_kind(PushKind::MissedCall).is_empty());
+        settle(&mut s);
+    }
+}
+
 /// Random flows: when the phones wake, whether and when they answer,
 /// whether and when the caller gives up, one or two devices, 0–20 % loss.
 /// Whatever happens, it must end cleanly: the caller gets one final

@@ -92,6 +92,16 @@ impl Outcome {
         }
     }
 
+    /// The `reason` of a `call_cancelled`/`missed_call` push, as the push
+    /// protocol names it (`PushCall::reason`): for the device pushed, a
+    /// decline happened elsewhere.
+    fn push_reason(self) -> &'static str {
+        match self {
+            Outcome::Declined => "declined_elsewhere",
+            other => other.as_str(),
+        }
+    }
+
     /// The `Reason` of the CANCEL a late-waking device gets (DESIGN §1.4),
     /// `None` to use the caller's own Reason or none.
     fn cancel_reason(self) -> Option<&'static [u8]> {
@@ -552,7 +562,7 @@ impl Engine {
                     .display_name()
                     .map(|n| String::from_utf8_lossy(&n).into_owned()),
                 callee: uri_text(&to),
-                reason: reason.map(|o| o.as_str().to_owned()),
+                reason: reason.map(|o| o.push_reason().to_owned()),
             },
             // The shell stamps the wall clock when it hands the push over.
             timestamp_ms: 0,
