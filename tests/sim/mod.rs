@@ -212,6 +212,18 @@ impl Sim {
             self.lost.push((self.now, to, data));
             return;
         }
+        // A stream (TCP/TLS) neither loses, duplicates nor reorders.
+        let stream = self
+            .peers
+            .iter()
+            .any(|p| (p.addr == from || p.addr == to) && matches!(p.flow, Flow::Stream(_)));
+        if stream {
+            self.seq += 1;
+            self.queue
+                .push(Reverse((self.now + self.conditions.delay.0, self.seq)));
+            self.packets.insert(self.seq, Packet { from, to, data });
+            return;
+        }
         if self.rand() < self.conditions.loss {
             self.lost.push((self.now, to, data));
             return;

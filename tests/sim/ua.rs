@@ -83,6 +83,9 @@ pub enum Input {
 
 pub struct Ua {
     pub addr: SocketAddr,
+    /// Over a stream (TCP/TLS): requests are not retransmitted (§17.1.1.2,
+    /// §17.1.2.2), and — as many stacks do over TCP — neither is a 2xx.
+    pub reliable: bool,
     clients: Vec<ClientTx>,
     servers: Vec<ServerTx>,
     counter: u64,
@@ -106,6 +109,7 @@ impl Ua {
     pub fn new(addr: SocketAddr) -> Ua {
         Ua {
             addr,
+            reliable: false,
             clients: Vec::new(),
             servers: Vec::new(),
             counter: 0,
@@ -143,7 +147,7 @@ impl Ua {
             request,
             // "Calling" stands for "Trying" in a non-INVITE transaction.
             state: CState::Calling,
-            retransmit: Some(now + T1),
+            retransmit: (!self.reliable).then_some(now + T1),
             interval: T1,
             timeout: now + 64 * T1,
             ack: None,
@@ -233,7 +237,7 @@ impl Ua {
             s.final_code = Some(code);
             s.expires = Some(now + 64 * T1 + T2);
             if method == "INVITE" {
-                s.retransmit = Some(now + T1);
+                s.retransmit = (!self.reliable).then_some(now + T1);
                 s.give_up = Some(now + 64 * T1);
             }
         }
