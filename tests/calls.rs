@@ -468,8 +468,17 @@ fn check_answered_call(s: &mut Sim, c: &Caller, p: &Phone, bye_from_phone: bool)
 #[test]
 fn answered_call_relays_180_200_ack_and_bye_from_caller() {
     let (mut s, c, p) = answered_call(None, false);
-    // Without loss, exactly: 100, 180 (push), 180 (phone), 200.
+    // Without loss, exactly: 100, 180 (push), 180 (phone), 200 — one 200:
+    // the caller's ACK stops its retransmission.
     assert_eq!(c.borrow().ua.codes("INVITE"), vec![100, 180, 200]);
+    let oks = c
+        .borrow()
+        .ua
+        .responses("INVITE")
+        .iter()
+        .filter(|r| status(r) == Some(200))
+        .count();
+    assert_eq!(oks, 1);
     check_answered_call(&mut s, &c, &p, false);
 }
 
@@ -2028,6 +2037,109 @@ fn register_refresh_during_a_call_sends_nothing_new() {
     assert!(c.borrow().ended);
     drop(pb);
     assert_eq!(s.engine.stats().late_wakes, 0);
+    settle(&mut s);
+}
+
+/// A phone on a TCP/TLS flow of the front (no retransmissions on its
+/// side) and the caller on lossy UDP.
+fn tcp_phone(s: &mut Sim, at: &str, token: &str, wake: Option<Duration>) -> Phone {
+    let mut p = SimPhone::new(addr(at), s.phone_addr, token);
+    p.ua.reliable = true;
+    s.mediator.wake(token, addr(at), wake);
+    s.add_peer(p, Flow::Stream(7))
+}
+
+#[test]
+fn phone_over_tcp_answer_reaches_the_caller_despite_a_lost_200() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let p = tcp_phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    let c = caller(&mut s);
+    c.borrow_mut().bye_after_answer = Some(Duration::from_secs(5));
+    // The 200 sipis relays to the caller over UDP is lost; the phone, on
+    // TCP, does not retransmit its own.
+    s.drop_next(addr(CALLER), "SIP/2.0 200 OK", 1);
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(20));
+    assert_eq!(s.lost.len(), 1);
+    // RFC 3261 §13.3.1.4: sipis, the UAS of the caller's leg, retransmits
+    // its 2xx until the ACK.
+    let cb = c.borrow();
+    assert_eq!(cb.final_code, Some(200), "{:?}", cb.ua.codes("INVITE"));
+    assert!(cb.ended);
+    let pb = p.borrow();
+    assert!(!pb.ua.requests("ACK").is_empty());
+    assert_eq!(pb.ua.requests("BYE").len(), 1);
+    // Over TCP sipis did not retransmit its INVITE to the phone either.
+    assert_eq!(pb.ua.requests("INVITE").len(), 1);
+    drop((cb, pb));
+    assert!(s.wrong_flow.is_empty(), "{:?}", s.wrong_flow);
+    settle(&mut s);
+}
+
+#[test]
+fn reinvite_answered_by_a_tcp_phone_reaches_the_caller_despite_a_lost_200() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let p = tcp_phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    let c = caller(&mut s);
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(10));
+    assert_eq!(c.borrow().final_code, Some(200));
+    s.drop_next(addr(CALLER), "SIP/2.0 200 OK", 1);
+    s.poke(&c, |c, now, out| {
+        c.send_in_dialog(now, "INVITE", Some(REOFFER.as_bytes()), out)
+    });
+    s.run_for(Duration::from_secs(10));
+    assert_eq!(s.lost.len(), 1);
+    let ok = response_to(&c.borrow().ua, 2, "INVITE");
+    assert_eq!(status(&ok), Some(200));
+    // The caller's ACK got through to the phone (as its CSeq 2).
+    let acks = p.borrow().ua.requests("ACK");
+    assert!(
+        acks.iter().any(|a| cseq(a) == Some((2, "ACK".into()))),
+        "{acks:?}"
+    );
+    s.poke(&c, |c, now, out| c.send_in_dialog(now, "BYE", None, out));
+    settle(&mut s);
+}
+
+#[test]
+fn late_wake_over_tcp_to_a_phone_that_sends_no_provisional_is_cancelled_after_the_guard() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let p = tcp_phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(5)));
+    p.borrow_mut().script = Script {
+        provisional: vec![],
+        final_code: Some(200),
+        final_after: Duration::from_secs(10),
+        bye_after_answer: None,
+        reliable: false,
+    };
+    let c = caller(&mut s);
+    c.borrow_mut().cancel_after = Some(Duration::from_secs(2));
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(10));
+    let pb = p.borrow();
+    assert_eq!(pb.invites().len(), 1);
+    let invited = pb
+        .ua
+        .received
+        .iter()
+        .find(|(_, _, d)| method(d).as_deref() == Some("INVITE"))
+        .unwrap()
+        .0;
+    let cancelled = pb
+        .ua
+        .received
+        .iter()
+        .find(|(_, _, d)| method(d).as_deref() == Some("CANCEL"))
+        .expect("no CANCEL over TCP after the guard time")
+        .0;
+    // DESIGN §1.4: "after a short guard time" (1 s), in order on the stream.
+    assert!(cancelled - invited >= Duration::from_secs(1));
+    assert_eq!(pb.calls[0].final_code, Some(487));
+    drop(pb);
     settle(&mut s);
 }
 

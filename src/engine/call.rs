@@ -127,6 +127,24 @@ pub(crate) enum CallTimer {
     Purge,
     /// A leg's CANCEL may go even without a provisional answer.
     Guard(u16),
+    /// The caller's leg's 2xx goes again (RFC 3261 §13.3.1.4).
+    Retransmit2xx,
+}
+
+/// A 2xx to an INVITE of the caller, sent again until its ACK: sipis is
+/// the UAS of the caller's leg (RFC 3261 §13.3.1.4: T1 doubling up to T2,
+/// for 64·T1). A phone retransmitting its own 2xx is not enough: over
+/// TCP/TLS it need not, and the caller's side is UDP.
+pub(crate) struct UpRetransmit {
+    /// The INVITE server transaction (slot, generation) it answers.
+    pub(super) server: (usize, u64),
+    pub(super) code: u16,
+    pub(super) bytes: Bytes,
+    /// The INVITE's CSeq (the caller's ACK carries it).
+    pub(super) cseq: u32,
+    pub(super) interval: Duration,
+    pub(super) until: Instant,
+    pub(super) timer: TimerHandle,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +259,8 @@ pub(crate) struct Call {
     pub(super) reinvite: Option<Reinvite>,
     /// Relays in flight (a BYE ends the call when its answer is relayed).
     pub(super) relays: u32,
+    /// The 2xx sent to the caller, retransmitted until its ACK.
+    pub(super) up_retx: Option<UpRetransmit>,
     /// `device_wait` ran out while a device was ringing: the call ends
     /// when the last ringing leg does.
     pub(super) wait_over: bool,
@@ -443,6 +463,7 @@ impl Engine {
             reinvite: None,
             relays: 0,
             wait_over: false,
+            up_retx: None,
             timed: CallMarks::default(),
         });
         self.call_ids.insert(call_id.into(), c);
@@ -1002,14 +1023,13 @@ impl Engine {
                 record(&mut self.call_latency.answer, created, now);
                 self.stats.calls_answered += 1;
                 let reason = reason_phrase(data);
-                self.relay_upstream_response(
-                    now,
-                    c,
-                    msg.status().unwrap_or(200),
-                    &reason,
-                    msg,
-                    data,
-                );
+                let code = msg.status().unwrap_or(200);
+                self.relay_upstream_response(now, c, code, &reason, msg, data);
+                let call = &self.calls[c];
+                if let Some(ok) = call.up_2xx.clone() {
+                    let (server, cseq) = (call.server, invite_cseq(&call.invite));
+                    self.retransmit_up_2xx(now, c, server, code, ok, cseq);
+                }
                 self.emit_outcome(now, c);
                 // DESIGN §1.3 step 5: first 2xx wins, the others are told why.
                 let others: Vec<usize> = (0..self.calls[c].legs.len())
@@ -1266,6 +1286,48 @@ impl Engine {
         self.server_send(now, slot, sgen, code, bytes);
     }
 
+    /// Retransmits a 2xx sent to the caller until its ACK (RFC 3261
+    /// §13.3.1.4): `server` is the INVITE's transaction, `cseq` its CSeq.
+    pub(super) fn retransmit_up_2xx(
+        &mut self,
+        now: Instant,
+        c: usize,
+        server: (usize, u64),
+        code: u16,
+        bytes: Bytes,
+        cseq: u32,
+    ) {
+        let timers = self.cfg.timers.sanitized();
+        let call = &mut self.calls[c];
+        if let Some(old) = call.up_retx.take() {
+            self.wheel.cancel(old.timer);
+        }
+        let gen = call.gen;
+        let timer = self.wheel.insert(
+            now + timers.t1,
+            Timer::Call(c, gen, CallTimer::Retransmit2xx),
+        );
+        self.calls[c].up_retx = Some(UpRetransmit {
+            server,
+            code,
+            bytes,
+            cseq,
+            interval: timers.t1,
+            until: now + timers.t1x64(),
+            timer,
+        });
+    }
+
+    /// The caller ACKed the 2xx of its INVITE with CSeq `cseq`.
+    pub(super) fn up_2xx_acked(&mut self, c: usize, cseq: u32) {
+        let call = &mut self.calls[c];
+        if call.up_retx.as_ref().is_some_and(|r| r.cseq == cseq) {
+            if let Some(r) = call.up_retx.take() {
+                self.wheel.cancel(r.timer);
+            }
+        }
+    }
+
     fn server_send(&mut self, now: Instant, slot: usize, gen: u64, code: u16, bytes: Bytes) {
         if let Some(s) = self.servers.get_mut(slot).filter(|s| s.generation == gen) {
             s.tx.send_response(now, code, bytes);
@@ -1407,7 +1469,8 @@ impl Engine {
     fn remove_call(&mut self, c: usize) {
         let call = self.calls.remove(c);
         self.call_ids.remove(&call.call_id);
-        for t in [call.wait, call.purge].into_iter().flatten() {
+        let retx = call.up_retx.as_ref().map(|r| r.timer);
+        for t in [call.wait, call.purge, retx].into_iter().flatten() {
             self.wheel.cancel(t);
         }
         for l in &call.legs {
@@ -1423,6 +1486,7 @@ impl Engine {
     /// A call timer fired.
     pub(super) fn call_timer(&mut self, now: Instant, c: usize, gen: u64, which: CallTimer) {
         let window = self.cfg.calls.late_wake_window;
+        let t2 = self.cfg.timers.sanitized().t2;
         let Some(call) = self.call_mut(c, gen) else {
             return;
         };
@@ -1461,6 +1525,26 @@ impl Engine {
                     l.state = LegState::Early;
                     self.send_cancel(now, c, leg as usize, reason);
                 }
+            }
+            CallTimer::Retransmit2xx => {
+                let Some(r) = call.up_retx.as_mut() else {
+                    return;
+                };
+                if now >= r.until {
+                    // No ACK in 64·T1: the server transaction is gone too.
+                    call.up_retx = None;
+                    return;
+                }
+                r.interval = (r.interval * 2).min(t2);
+                let at = now + r.interval;
+                let ((slot, sgen), code, bytes) = (r.server, r.code, r.bytes.clone());
+                let t = self
+                    .wheel
+                    .insert(at, Timer::Call(c, gen, CallTimer::Retransmit2xx));
+                if let Some(r) = self.calls[c].up_retx.as_mut() {
+                    r.timer = t;
+                }
+                self.server_send(now, slot, sgen, code, bytes);
             }
             CallTimer::Purge => {
                 call.purge = None;
@@ -1522,6 +1606,12 @@ pub(super) fn put_header(
     put_party(&mut v, value, tag)?;
     w.header(name, &v);
     Ok(())
+}
+
+/// The CSeq number of a request as received.
+fn invite_cseq(invite: &[u8]) -> u32 {
+    let mut h = [EMPTY_HEADER; 64];
+    parse(invite, &mut h).map(|m| l_cseq(&m)).unwrap_or(1)
 }
 
 fn l_cseq(inv: &Message<'_, '_>) -> u32 {
