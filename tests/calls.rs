@@ -1184,9 +1184,12 @@ fn reinvite_and_info(lossy: Option<u64>) {
         Some((5, "BYE".into()))
     );
     assert!(c.borrow().ended);
-    // No retransmission storm: each side got each request a few times at most.
+    // No retransmission storm: at most what one transaction's Timer E
+    // sends in 64·T1 (11), duplicated now and then.
     for r in ["INFO", "UPDATE", "BYE"] {
-        assert!(p.borrow().ua.requests(r).len() <= 4, "{r}");
+        let n = p.borrow().ua.requests(r).len();
+        let limit = if lossy.is_some() { 16 } else { 1 };
+        assert!(n <= limit, "{r} x{n}");
     }
     settle(&mut s);
 }
@@ -1366,6 +1369,12 @@ fn late_wake_and_two_devices_lossy(seeds: impl Iterator<Item = u64>, loss: f64) 
         c.borrow_mut().cancel_reason = Some(reason.into());
         start(&mut s, &c);
         s.run_for(Duration::from_secs(20));
+        // Unless every CANCEL was lost until the phone answered: then the
+        // caller got the 200 and hangs up (RFC 3261 §9.1).
+        if c.borrow().final_code == Some(200) {
+            settle(&mut s);
+            continue;
+        }
         assert_eq!(c.borrow().final_code, Some(487), "seed {seed}");
         let pb = p.borrow();
         // A phone that could not register inside the window (a long run
@@ -1426,7 +1435,9 @@ fn late_wake_and_two_devices_lossy(seeds: impl Iterator<Item = u64>, loss: f64) 
         let c = caller(&mut s);
         c.borrow_mut().bye_after_answer = Some(Duration::from_secs(5));
         start(&mut s, &c);
-        s.run_for(Duration::from_secs(30));
+        // The BYE's answer comes from the far phone, through up to 32 s of
+        // retransmissions under this loss.
+        s.run_for(Duration::from_secs(60));
         assert_eq!(c.borrow().final_code, Some(200), "seed {seed}");
         assert!(c.borrow().ended, "seed {seed}");
         if heard_from(&s, PHONE2) {
@@ -2046,7 +2057,7 @@ fn tcp_phone(s: &mut Sim, at: &str, token: &str, wake: Option<Duration>) -> Phon
     let mut p = SimPhone::new(addr(at), s.phone_addr, token);
     p.ua.reliable = true;
     s.mediator.wake(token, addr(at), wake);
-    s.add_peer(p, Flow::Stream(7))
+    s.add_peer(p, Flow::Stream(u64::from(addr(at).port())))
 }
 
 #[test]
@@ -2144,7 +2155,8 @@ fn late_wake_over_tcp_to_a_phone_that_sends_no_provisional_is_cancelled_after_th
 }
 
 /// Random flows: when the phones wake, whether and when they answer,
-/// whether and when the caller gives up, one or two devices, 0–20 % loss.
+/// whether and when the caller gives up, one or two devices on UDP or
+/// TCP, 0–20 % loss.
 /// Whatever happens, it must end cleanly: the caller gets one final
 /// answer, no phone is left ringing or in a call, one outcome is
 /// recorded, and nothing stays in the engine.
@@ -2184,7 +2196,12 @@ fn random_flow(seed: u64) {
     {
         provision(&mut s, name, token);
         let wake = (next(5) > 0).then(|| ms(200 + next(8000)));
-        let p = phone(&mut s, at, token, wake);
+        // A third of the phones are on TCP/TLS flows.
+        let p = if next(3) == 0 {
+            tcp_phone(&mut s, at, token, wake)
+        } else {
+            phone(&mut s, at, token, wake)
+        };
         {
             let mut pb = p.borrow_mut();
             pb.script.final_code = [Some(200), Some(200), None, Some(486)][next(4) as usize];

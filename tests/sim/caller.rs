@@ -290,6 +290,10 @@ impl SimCaller {
                 if let Some(after) = self.bye_after_answer {
                     self.bye_at = Some(now + after);
                 }
+                if self.cancel_sent || self.cancel_wanted {
+                    // §9.1: the CANCEL came too late; hang up instead.
+                    self.bye_at = Some(now);
+                }
             }
             ("INVITE", _) => self.final_code = Some(code),
             ("BYE", 200..=699) => self.ended = true,
