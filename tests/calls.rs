@@ -1340,6 +1340,58 @@ fn phone_unregistering_removes_its_device() {
 }
 
 #[test]
+fn contact_star_unregister_drops_the_binding_but_keeps_the_push_target() {
+    let mut s = sim();
+    let p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    s.poke(&p, |p, now, out| p.register(now, out));
+    s.run_for(Duration::from_secs(2));
+    // RFC 3261 §10.2.2: Contact: * with Expires: 0 (the app logs out of
+    // SIP, not of pushes).
+    p.borrow_mut().contact_override = Some("*".into());
+    s.poke(&p, |p, now, out| p.unregister(now, out));
+    s.run_for(Duration::from_secs(2));
+    assert_eq!(p.borrow().last_register(), Some(200));
+    let devices = s.engine.devices(s.now, 1);
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].registered, None);
+    assert_eq!(devices[0].prid.as_deref(), Some(IPHONE));
+    assert!(!s
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::DeviceRemoved { .. })));
+    // The next call wakes it by push.
+    p.borrow_mut().contact_override = None;
+    let c = caller(&mut s);
+    c.borrow_mut().bye_after_answer = Some(Duration::from_secs(1));
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(10));
+    assert_eq!(s.mediator.of_kind(PushKind::IncomingCall).len(), 1);
+    assert_eq!(c.borrow().final_code, Some(200));
+    settle(&mut s);
+}
+
+#[test]
+fn push_status_header_can_be_turned_off() {
+    let mut s = sim_with(CallConfig {
+        push_status_header: false,
+        ..CallConfig::default()
+    });
+    provision(&mut s, "iphone", IPHONE);
+    let _p = phone(&mut s, PHONE1, IPHONE, None);
+    let c = caller(&mut s);
+    c.borrow_mut().cancel_after = Some(Duration::from_secs(3));
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(5));
+    let cb = c.borrow();
+    assert_eq!(cb.ua.codes("INVITE"), vec![100, 180, 487]);
+    for r in cb.ua.responses("INVITE") {
+        assert_eq!(header(&r, "X-Sipis-Push-Status"), None);
+    }
+    drop(cb);
+    settle(&mut s);
+}
+
+#[test]
 fn late_wake_and_two_devices_under_loss() {
     late_wake_and_two_devices_lossy([2, 13, 101, 5555, 31_337].into_iter(), 0.10);
 }

@@ -75,6 +75,7 @@ pub struct SimPhone {
     pub token: String,
     pub param: Option<String>,
     pub expires: u32,
+    pub contact_override: Option<String>,
     /// REGISTERs sent per wake (an app that registers twice while waking).
     pub registers_per_wake: u32,
     pub script: Script,
@@ -106,6 +107,7 @@ impl SimPhone {
             token: token.into(),
             param: Some("ABCDE12345.com.example.voip".into()),
             expires: 600,
+            contact_override: None,
             registers_per_wake: 1,
             script: Script::default(),
             reg_call_id: format!("reg-{}@phone", addr.port()),
@@ -120,8 +122,12 @@ impl SimPhone {
         }
     }
 
-    /// The Contact the app registers: RFC 8599 parameters on its address.
+    /// The Contact the app registers: RFC 8599 parameters on its address
+    /// (or `contact_override`, e.g. `*`).
     pub fn contact(&self) -> String {
+        if let Some(c) = &self.contact_override {
+            return c.clone();
+        }
         let mut c = format!(
             "<sip:{}@{};pn-provider={};pn-prid={}",
             self.user, self.ua.addr, self.provider, self.token
