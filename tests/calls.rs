@@ -1741,6 +1741,61 @@ fn early_media_183_with_100rel_and_prack_relayed() {
 }
 
 #[test]
+fn two_devices_with_reliable_183_the_second_is_pracked_by_sipis() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    provision(&mut s, "ipad", IPAD);
+    let script = Script {
+        provisional: vec![183],
+        final_code: Some(200),
+        final_after: Duration::from_secs(3),
+        bye_after_answer: None,
+        reliable: true,
+    };
+    let iphone = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    iphone.borrow_mut().script = script.clone();
+    let ipad = phone(&mut s, PHONE2, IPAD, Some(Duration::from_millis(1200)));
+    ipad.borrow_mut().script = Script {
+        final_code: None,
+        ..script
+    };
+    let c = caller(&mut s);
+    c.borrow_mut()
+        .extra
+        .push(("Supported".into(), "100rel".into()));
+    c.borrow_mut().bye_after_answer = Some(Duration::from_secs(2));
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(10));
+    // The caller's early dialog carries one device's reliable 183 (its
+    // RSeq and SDP answer), PRACKed by the caller end to end ...
+    let cb = c.borrow();
+    let early: Vec<_> = cb
+        .ua
+        .responses("INVITE")
+        .into_iter()
+        .filter(|r| status(r) == Some(183))
+        .collect();
+    assert_eq!(early.len(), 1, "two devices' RSeq 1 in one dialog");
+    assert_eq!(iphone.borrow().ua.requests("PRACK").len(), 1);
+    // ... the other's is PRACKed by sipis, so it rings on without
+    // retransmitting its 183 into a 5xx (RFC 3262 §3).
+    let ipb = ipad.borrow();
+    let prack = ipb
+        .ua
+        .requests("PRACK")
+        .pop()
+        .expect("the iPad was not PRACKed");
+    assert_eq!(header(&prack, "RAck").as_deref(), Some("1 1 INVITE"));
+    assert_eq!(cb.final_code, Some(200));
+    assert_eq!(
+        header(&ipb.ua.requests("CANCEL")[0], "Reason").as_deref(),
+        Some("SIP;cause=200;text=\"Call completed elsewhere\"")
+    );
+    drop((cb, ipb));
+    settle(&mut s);
+}
+
+#[test]
 fn in_dialog_requests_to_the_caller_follow_its_record_route() {
     let mut s = sim();
     provision(&mut s, "iphone", IPHONE);

@@ -256,6 +256,9 @@ pub(crate) struct Call {
     /// The 2xx sent upstream (re-sent when the phone retransmits its own).
     pub(super) up_2xx: Option<Bytes>,
     pub(super) early_leg: Option<usize>,
+    /// The leg whose reliable provisionals (RFC 3262) reach the caller:
+    /// its PRACKs go there.
+    pub(super) reliable_leg: Option<usize>,
     pub(super) reinvite: Option<Reinvite>,
     /// Relays in flight (a BYE ends the call when its answer is relayed).
     pub(super) relays: u32,
@@ -460,6 +463,7 @@ impl Engine {
             up_reason: None,
             up_2xx: None,
             early_leg: None,
+            reliable_leg: None,
             reinvite: None,
             relays: 0,
             wait_over: false,
@@ -949,6 +953,26 @@ impl Engine {
                 if l.cancelled || l.late || call.state != CallState::Waiting || code == 100 {
                     return;
                 }
+                if msg.require().contains("100rel") {
+                    match call.reliable_leg {
+                        None => call.reliable_leg = Some(leg),
+                        Some(r) if r == leg => {}
+                        Some(_) => {
+                            // RFC 3262: the caller's early dialog (one To-tag:
+                            // sipis's) already carries another device's
+                            // reliable provisionals — their RSeq sequence and
+                            // SDP answer. Passing this one on would break
+                            // both; sipis PRACKs it itself, and the device
+                            // rings on.
+                            let rseq = msg
+                                .header_by_name("RSeq")
+                                .and_then(|v| std::str::from_utf8(v).ok())
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            return self.prack_leg(now, c, leg, rseq);
+                        }
+                    }
+                }
                 call.early_leg = Some(leg);
                 if !call.timed.rung {
                     call.timed.rung = true;
@@ -1140,9 +1164,38 @@ impl Engine {
 
     /// Hangs up a leg sipis no longer wants (answered too late).
     fn bye_leg(&mut self, now: Instant, c: usize, leg: usize, reason: Option<Bytes>) {
-        let call = &mut self.calls[c];
-        let l = &mut call.legs[leg];
-        l.state = LegState::Done;
+        self.calls[c].legs[leg].state = LegState::Done;
+        self.leg_request(now, c, leg, Method::Bye, |w| {
+            if let Some(r) = &reason {
+                w.header("Reason", r);
+            }
+        });
+    }
+
+    /// PRACKs a reliable provisional answer of a leg itself (RFC 3262 §4).
+    fn prack_leg(&mut self, now: Instant, c: usize, leg: usize, rseq: u32) {
+        let invite_cseq = self.calls[c].legs[leg].invite_cseq;
+        self.leg_request(now, c, leg, Method::Prack, |w| {
+            w.header_with("RAck", |o| {
+                parser::put_u32(o, rseq);
+                o.put_u8(b' ');
+                parser::put_u32(o, invite_cseq);
+                o.put_slice(b" INVITE");
+            });
+        });
+    }
+
+    /// Sends a request of sipis's own in a leg's (early) dialog, answered
+    /// by nobody but its transaction.
+    fn leg_request(
+        &mut self,
+        now: Instant,
+        c: usize,
+        leg: usize,
+        method: Method<'_>,
+        extra: impl FnOnce(&mut Writer<'_>),
+    ) {
+        let l = &mut self.calls[c].legs[leg];
         l.cseq += 1;
         let cseq = l.cseq;
         let (dest, flow, target, tag) = (l.dest, l.flow, l.target.clone(), l.tag.clone());
@@ -1156,7 +1209,7 @@ impl Engine {
         self.rng.hex_into(&mut branch, 16);
         let via = self.cfg.via.clone();
         self.buf.clear();
-        let mut w = Writer::request(&mut self.buf, Method::Bye, &target);
+        let mut w = Writer::request(&mut self.buf, method, &target);
         w.via(via_transport(flow), &via, branch.as_bytes(), true);
         w.header("Max-Forwards", b"70");
         w.copy_named(&inv, HeaderName::From);
@@ -1168,14 +1221,13 @@ impl Engine {
         w.copy_named(&inv, HeaderName::CallId);
         w.header_with("CSeq", |o| {
             parser::put_u32(o, cseq);
-            o.put_slice(b" BYE");
+            o.put_u8(b' ');
+            o.put_slice(method.as_str().as_bytes());
         });
-        if let Some(r) = &reason {
-            w.header("Reason", r);
-        }
+        extra(&mut w);
         w.finish(b"");
         let bytes = self.buf.split().freeze();
-        let key = TxKey::for_request(branch.as_bytes(), via.as_bytes(), Method::Bye);
+        let key = TxKey::for_request(branch.as_bytes(), via.as_bytes(), method);
         self.start_client(now, bytes, key, dest, flow, Kind::NonInvite, TxOwner::None);
     }
 

@@ -159,7 +159,7 @@ impl Engine {
             let leg = match call.state {
                 CallState::Answered(l) => Some(l),
                 // PRACK/UPDATE in an early dialog go to the leg that rang.
-                CallState::Waiting => call.early_leg,
+                CallState::Waiting => call.reliable_leg.or(call.early_leg),
                 CallState::Ended => None,
             };
             (true, leg)
