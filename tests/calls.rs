@@ -617,14 +617,8 @@ fn in_dialog_invite_for_unknown_call_gets_481_and_no_push() {
     let mut s = sim();
     provision(&mut s, "iphone", IPHONE);
     let c = caller(&mut s);
-    c.borrow_mut().to_uri = "sip:user1@provider.test>;tag=stale".into();
-    // To-tag present: an in-dialog request (the "<" closes in to_uri).
-    c.borrow_mut().to_uri = "sip:user1@provider.test".into();
-    c.borrow_mut()
-        .extra
-        .push(("X-Test".into(), "in-dialog".into()));
     let addr_c = c.borrow().ua.addr;
-    // Build it by hand: a re-INVITE of a dialog sipis never had.
+    // A re-INVITE (To-tag present) of a dialog sipis never had.
     let req = format!(
         "INVITE sip:{ACCOUNT_TOKEN}@{ENGINE} SIP/2.0\r\nVia: SIP/2.0/UDP {addr_c};branch=z9hG4bKstale1\r\nMax-Forwards: 70\r\nFrom: <sip:bob@provider.test>;tag=a1\r\nTo: <sip:user1@provider.test>;tag=b2\r\nCall-ID: stale@provider.test\r\nCSeq: 5 INVITE\r\nContact: <sip:bob@{addr_c}>\r\nContent-Length: 0\r\n\r\n"
     );
