@@ -264,6 +264,8 @@ pub(crate) struct Call {
     pub(super) relays: u32,
     /// The 2xx sent to the caller, retransmitted until its ACK.
     pub(super) up_retx: Option<UpRetransmit>,
+    /// The CSeq of the caller's INVITE whose 2xx was ACKed last.
+    pub(super) up_acked: Option<u32>,
     /// `device_wait` ran out while a device was ringing: the call ends
     /// when the last ringing leg does.
     pub(super) wait_over: bool,
@@ -468,6 +470,7 @@ impl Engine {
             relays: 0,
             wait_over: false,
             up_retx: None,
+            up_acked: None,
             timed: CallMarks::default(),
         });
         self.call_ids.insert(call_id.into(), c);
@@ -1351,6 +1354,11 @@ impl Engine {
     ) {
         let timers = self.cfg.timers.sanitized();
         let call = &mut self.calls[c];
+        // The phone's own retransmissions of that 2xx come through here
+        // too: they neither restart the schedule nor revive it once ACKed.
+        if call.up_acked == Some(cseq) || call.up_retx.as_ref().is_some_and(|r| r.cseq == cseq) {
+            return;
+        }
         if let Some(old) = call.up_retx.take() {
             self.wheel.cancel(old.timer);
         }
@@ -1373,6 +1381,7 @@ impl Engine {
     /// The caller ACKed the 2xx of its INVITE with CSeq `cseq`.
     pub(super) fn up_2xx_acked(&mut self, c: usize, cseq: u32) {
         let call = &mut self.calls[c];
+        call.up_acked = Some(cseq);
         if call.up_retx.as_ref().is_some_and(|r| r.cseq == cseq) {
             if let Some(r) = call.up_retx.take() {
                 self.wheel.cancel(r.timer);
