@@ -60,7 +60,8 @@ pub mod push;
 pub mod runtime;
 pub mod store;
 
-pub use engine::call::CallConfig;
+pub use engine::call::{CallConfig, CallLatency, Outcome};
+pub use engine::phone::DeviceInfo;
 pub use engine::registration::{
     AccountConfig, AccountId, AccountSecret, RegError, RegStatus, Registrar, RegistrationConfig,
     SavedRegistration,

@@ -11,8 +11,9 @@ pub struct CallConfig {
     /// How long each pushed call's outcome is kept for a device that wakes
     /// late (DESIGN §1.4).
     pub late_wake_window: Duration,
-    /// Late wake: CANCEL this long after the INVITE if the phone sent no
-    /// provisional answer by then.
+    /// CANCEL a leg this long after its INVITE if the phone sent no
+    /// provisional answer by then — over a stream only: over UDP the
+    /// CANCEL waits for a provisional answer (RFC 3261 §9.1).
     pub late_wake_guard: Duration,
     /// Send `X-Sipis-Push-Status: Push-Notification-Sent` in the 180.
     pub push_status_header: bool,
@@ -91,6 +92,16 @@ impl Outcome {
         }
     }
 
+    /// The `reason` of a `call_cancelled`/`missed_call` push, as the push
+    /// protocol names it (`PushCall::reason`): for the device pushed, a
+    /// decline happened elsewhere.
+    fn push_reason(self) -> &'static str {
+        match self {
+            Outcome::Declined => "declined_elsewhere",
+            other => other.as_str(),
+        }
+    }
+
     /// The `Reason` of the CANCEL a late-waking device gets (DESIGN §1.4),
     /// `None` to use the caller's own Reason or none.
     fn cancel_reason(self) -> Option<&'static [u8]> {
@@ -116,6 +127,24 @@ pub(crate) enum CallTimer {
     Purge,
     /// A leg's CANCEL may go even without a provisional answer.
     Guard(u16),
+    /// The caller's leg's 2xx goes again (RFC 3261 §13.3.1.4).
+    Retransmit2xx,
+}
+
+/// A 2xx to an INVITE of the caller, sent again until its ACK: sipis is
+/// the UAS of the caller's leg (RFC 3261 §13.3.1.4: T1 doubling up to T2,
+/// for 64·T1). A phone retransmitting its own 2xx is not enough: over
+/// TCP/TLS it need not, and the caller's side is UDP.
+pub(crate) struct UpRetransmit {
+    /// The INVITE server transaction (slot, generation) it answers.
+    pub(super) server: (usize, u64),
+    pub(super) code: u16,
+    pub(super) bytes: Bytes,
+    /// The INVITE's CSeq (the caller's ACK carries it).
+    pub(super) cseq: u32,
+    pub(super) interval: Duration,
+    pub(super) until: Instant,
+    pub(super) timer: TimerHandle,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +193,13 @@ pub(crate) struct Leg {
     pub(super) ack: Option<Bytes>,
     /// A late-wake leg (DESIGN §1.4): cancelled as soon as it may be.
     pub(super) late: bool,
+}
+
+impl Leg {
+    /// A device that answered provisionally and may still answer.
+    fn ringing(&self) -> bool {
+        self.state == LegState::Early && !self.cancelled && !self.late && self.cancel.is_none()
+    }
 }
 
 /// A relayed request waiting for its answer.
@@ -220,9 +256,19 @@ pub(crate) struct Call {
     /// The 2xx sent upstream (re-sent when the phone retransmits its own).
     pub(super) up_2xx: Option<Bytes>,
     pub(super) early_leg: Option<usize>,
+    /// The leg whose reliable provisionals (RFC 3262) reach the caller:
+    /// its PRACKs go there.
+    pub(super) reliable_leg: Option<usize>,
     pub(super) reinvite: Option<Reinvite>,
     /// Relays in flight (a BYE ends the call when its answer is relayed).
     pub(super) relays: u32,
+    /// The 2xx sent to the caller, retransmitted until its ACK.
+    pub(super) up_retx: Option<UpRetransmit>,
+    /// The CSeq of the caller's INVITE whose 2xx was ACKed last.
+    pub(super) up_acked: Option<u32>,
+    /// `device_wait` ran out while a device was ringing: the call ends
+    /// when the last ringing leg does.
+    pub(super) wait_over: bool,
     pub(super) timed: CallMarks,
 }
 
@@ -419,8 +465,12 @@ impl Engine {
             up_reason: None,
             up_2xx: None,
             early_leg: None,
+            reliable_leg: None,
             reinvite: None,
             relays: 0,
+            wait_over: false,
+            up_retx: None,
+            up_acked: None,
             timed: CallMarks::default(),
         });
         self.call_ids.insert(call_id.into(), c);
@@ -546,7 +596,7 @@ impl Engine {
                     .display_name()
                     .map(|n| String::from_utf8_lossy(&n).into_owned()),
                 callee: uri_text(&to),
-                reason: reason.map(|o| o.as_str().to_owned()),
+                reason: reason.map(|o| o.push_reason().to_owned()),
             },
             // The shell stamps the wall clock when it hands the push over.
             timestamp_ms: 0,
@@ -769,7 +819,8 @@ impl Engine {
         }
     }
 
-    /// The Reason a late-woken device's CANCEL carries.
+    /// The Reason a device that comes too late gets in its CANCEL (a late
+    /// wake) or BYE (a 2xx after the call was decided), from the outcome.
     fn late_reason(&self, c: usize) -> Option<Bytes> {
         let call = &self.calls[c];
         match call.outcome.map(|(o, _)| o) {
@@ -782,7 +833,8 @@ impl Engine {
     }
 
     /// Cancels a leg: now if the phone answered provisionally, else when
-    /// it does or the guard time passes (RFC 3261 §9.1).
+    /// it does (RFC 3261 §9.1) — or, over a stream, when the guard time
+    /// passes.
     fn cancel_leg(&mut self, now: Instant, c: usize, leg: usize, reason: Option<Bytes>) {
         let guard = self.cfg.calls.late_wake_guard;
         let call = &mut self.calls[c];
@@ -794,11 +846,22 @@ impl Engine {
         if l.state == LegState::Calling {
             if l.cancel.is_none() {
                 l.cancel = Some(reason);
-                let t = self.wheel.insert(
-                    now + guard,
-                    Timer::Call(c, gen, CallTimer::Guard(leg as u16)),
-                );
-                l.guard = Some(t);
+                // §9.1 forbids a CANCEL before a provisional answer because
+                // over UDP it can overtake the INVITE: the phone answers it
+                // 481, then rings when the INVITE's retransmission arrives,
+                // and no second CANCEL can be sent (same branch). A compliant
+                // phone sends 100 Trying at once (§17.2.1), retransmitted on
+                // every INVITE retransmission, so the CANCEL follows it; if
+                // nothing ever comes, Timer B ends the leg. Over a stream
+                // the INVITE is delivered first, so the guard time may
+                // cover phones that send no provisional there.
+                if matches!(l.flow, Flow::Stream(_)) {
+                    let t = self.wheel.insert(
+                        now + guard,
+                        Timer::Call(c, gen, CallTimer::Guard(leg as u16)),
+                    );
+                    l.guard = Some(t);
+                }
             }
             return;
         }
@@ -879,6 +942,15 @@ impl Engine {
                 l.target = t;
             }
         }
+        if code >= 200 {
+            // RFC 3261 §9.1: only a request without a final answer can be
+            // cancelled; a CANCEL still waiting for a provisional answer
+            // or the guard time is void (a 2xx is hung up with BYE).
+            l.cancel = None;
+            if let Some(t) = l.guard.take() {
+                self.wheel.cancel(t);
+            }
+        }
         match code {
             100..=199 => {
                 if l.state == LegState::Calling {
@@ -889,6 +961,26 @@ impl Engine {
                 }
                 if l.cancelled || l.late || call.state != CallState::Waiting || code == 100 {
                     return;
+                }
+                if msg.require().contains("100rel") {
+                    match call.reliable_leg {
+                        None => call.reliable_leg = Some(leg),
+                        Some(r) if r == leg => {}
+                        Some(_) => {
+                            // RFC 3262: the caller's early dialog (one To-tag:
+                            // sipis's) already carries another device's
+                            // reliable provisionals — their RSeq sequence and
+                            // SDP answer. Passing this one on would break
+                            // both; sipis PRACKs it itself, and the device
+                            // rings on.
+                            let rseq = msg
+                                .header_by_name("RSeq")
+                                .and_then(|v| std::str::from_utf8(v).ok())
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            return self.prack_leg(now, c, leg, rseq);
+                        }
+                    }
                 }
                 call.early_leg = Some(leg);
                 if !call.timed.rung {
@@ -925,7 +1017,7 @@ impl Engine {
                     }
                     // Anything else (503, 408, 480, ...) ends only this leg:
                     // another device, or this one again, may still come.
-                    _ => {}
+                    _ => self.leg_ended(now, c),
                 }
             }
         }
@@ -948,18 +1040,29 @@ impl Engine {
                 if let Some(t) = call.wait.take() {
                     self.wheel.cancel(t);
                 }
+                // The record lives as long as the dialog: a BYE re-arms
+                // the purge for the late-wake window; should no BYE ever
+                // come (both ends gone), it goes after MAX_DIALOG.
+                let gen = call.gen;
+                if let Some(t) = call.purge.take() {
+                    self.wheel.cancel(t);
+                }
+                let t = self
+                    .wheel
+                    .insert(now + MAX_DIALOG, Timer::Call(c, gen, CallTimer::Purge));
+                let call = &mut self.calls[c];
+                call.purge = Some(t);
                 let created = call.created;
                 record(&mut self.call_latency.answer, created, now);
                 self.stats.calls_answered += 1;
                 let reason = reason_phrase(data);
-                self.relay_upstream_response(
-                    now,
-                    c,
-                    msg.status().unwrap_or(200),
-                    &reason,
-                    msg,
-                    data,
-                );
+                let code = msg.status().unwrap_or(200);
+                self.relay_upstream_response(now, c, code, &reason, msg, data);
+                let call = &self.calls[c];
+                if let Some(ok) = call.up_2xx.clone() {
+                    let (server, cseq) = (call.server, invite_cseq(&call.invite));
+                    self.retransmit_up_2xx(now, c, server, code, ok, cseq);
+                }
                 self.emit_outcome(now, c);
                 // DESIGN §1.3 step 5: first 2xx wins, the others are told why.
                 let others: Vec<usize> = (0..self.calls[c].legs.len())
@@ -995,11 +1098,10 @@ impl Engine {
                 l.state = LegState::Confirmed;
                 if l.ack.is_none() {
                     self.ack_leg(now, c, leg, None, None);
-                    let reason = if self.calls[c].legs[leg].late {
-                        self.late_reason(c)
-                    } else {
-                        Some(Bytes::from_static(COMPLETED_ELSEWHERE))
-                    };
+                    // Why it is hung up follows from how the call went:
+                    // another device answered, or it was declined, or the
+                    // caller hung up (its own Reason, or none).
+                    let reason = self.late_reason(c);
                     self.bye_leg(now, c, leg, reason);
                 } else if let Some(ack) = l.ack.clone() {
                     let (dest, flow) = (l.dest, l.flow);
@@ -1071,9 +1173,38 @@ impl Engine {
 
     /// Hangs up a leg sipis no longer wants (answered too late).
     fn bye_leg(&mut self, now: Instant, c: usize, leg: usize, reason: Option<Bytes>) {
-        let call = &mut self.calls[c];
-        let l = &mut call.legs[leg];
-        l.state = LegState::Done;
+        self.calls[c].legs[leg].state = LegState::Done;
+        self.leg_request(now, c, leg, Method::Bye, |w| {
+            if let Some(r) = &reason {
+                w.header("Reason", r);
+            }
+        });
+    }
+
+    /// PRACKs a reliable provisional answer of a leg itself (RFC 3262 §4).
+    fn prack_leg(&mut self, now: Instant, c: usize, leg: usize, rseq: u32) {
+        let invite_cseq = self.calls[c].legs[leg].invite_cseq;
+        self.leg_request(now, c, leg, Method::Prack, |w| {
+            w.header_with("RAck", |o| {
+                parser::put_u32(o, rseq);
+                o.put_u8(b' ');
+                parser::put_u32(o, invite_cseq);
+                o.put_slice(b" INVITE");
+            });
+        });
+    }
+
+    /// Sends a request of sipis's own in a leg's (early) dialog, answered
+    /// by nobody but its transaction.
+    fn leg_request(
+        &mut self,
+        now: Instant,
+        c: usize,
+        leg: usize,
+        method: Method<'_>,
+        extra: impl FnOnce(&mut Writer<'_>),
+    ) {
+        let l = &mut self.calls[c].legs[leg];
         l.cseq += 1;
         let cseq = l.cseq;
         let (dest, flow, target, tag) = (l.dest, l.flow, l.target.clone(), l.tag.clone());
@@ -1087,7 +1218,7 @@ impl Engine {
         self.rng.hex_into(&mut branch, 16);
         let via = self.cfg.via.clone();
         self.buf.clear();
-        let mut w = Writer::request(&mut self.buf, Method::Bye, &target);
+        let mut w = Writer::request(&mut self.buf, method, &target);
         w.via(via_transport(flow), &via, branch.as_bytes(), true);
         w.header("Max-Forwards", b"70");
         w.copy_named(&inv, HeaderName::From);
@@ -1099,19 +1230,18 @@ impl Engine {
         w.copy_named(&inv, HeaderName::CallId);
         w.header_with("CSeq", |o| {
             parser::put_u32(o, cseq);
-            o.put_slice(b" BYE");
+            o.put_u8(b' ');
+            o.put_slice(method.as_str().as_bytes());
         });
-        if let Some(r) = &reason {
-            w.header("Reason", r);
-        }
+        extra(&mut w);
         w.finish(b"");
         let bytes = self.buf.split().freeze();
-        let key = TxKey::for_request(branch.as_bytes(), via.as_bytes(), Method::Bye);
+        let key = TxKey::for_request(branch.as_bytes(), via.as_bytes(), method);
         self.start_client(now, bytes, key, dest, flow, Kind::NonInvite, TxOwner::None);
     }
 
     /// A leg's INVITE got no answer at all (Timer B) or could not be sent.
-    pub(super) fn leg_failed(&mut self, _now: Instant, c: usize, gen: u64, leg: usize) {
+    pub(super) fn leg_failed(&mut self, now: Instant, c: usize, gen: u64, leg: usize) {
         let Some(call) = self.call_mut(c, gen) else {
             return;
         };
@@ -1119,9 +1249,21 @@ impl Engine {
             if l.state != LegState::Confirmed {
                 l.state = LegState::Done;
             }
+            l.cancel = None;
             if let Some(t) = l.guard.take() {
                 self.wheel.cancel(t);
             }
+        }
+        self.leg_ended(now, c);
+    }
+
+    /// A leg of a waiting call ended without an answer: if `device_wait`
+    /// is over and nothing rings any more, so is the call.
+    fn leg_ended(&mut self, now: Instant, c: usize) {
+        let call = &self.calls[c];
+        if call.state == CallState::Waiting && call.wait_over && !call.legs.iter().any(Leg::ringing)
+        {
+            self.end_unanswered(now, c, Outcome::NoResponse);
         }
     }
 
@@ -1203,6 +1345,54 @@ impl Engine {
             self.calls[c].up_2xx = Some(bytes.clone());
         }
         self.server_send(now, slot, sgen, code, bytes);
+    }
+
+    /// Retransmits a 2xx sent to the caller until its ACK (RFC 3261
+    /// §13.3.1.4): `server` is the INVITE's transaction, `cseq` its CSeq.
+    pub(super) fn retransmit_up_2xx(
+        &mut self,
+        now: Instant,
+        c: usize,
+        server: (usize, u64),
+        code: u16,
+        bytes: Bytes,
+        cseq: u32,
+    ) {
+        let timers = self.cfg.timers.sanitized();
+        let call = &mut self.calls[c];
+        // The phone's own retransmissions of that 2xx come through here
+        // too: they neither restart the schedule nor revive it once ACKed.
+        if call.up_acked == Some(cseq) || call.up_retx.as_ref().is_some_and(|r| r.cseq == cseq) {
+            return;
+        }
+        if let Some(old) = call.up_retx.take() {
+            self.wheel.cancel(old.timer);
+        }
+        let gen = call.gen;
+        let timer = self.wheel.insert(
+            now + timers.t1,
+            Timer::Call(c, gen, CallTimer::Retransmit2xx),
+        );
+        self.calls[c].up_retx = Some(UpRetransmit {
+            server,
+            code,
+            bytes,
+            cseq,
+            interval: timers.t1,
+            until: now + timers.t1x64(),
+            timer,
+        });
+    }
+
+    /// The caller ACKed the 2xx of its INVITE with CSeq `cseq`.
+    pub(super) fn up_2xx_acked(&mut self, c: usize, cseq: u32) {
+        let call = &mut self.calls[c];
+        call.up_acked = Some(cseq);
+        if call.up_retx.as_ref().is_some_and(|r| r.cseq == cseq) {
+            if let Some(r) = call.up_retx.take() {
+                self.wheel.cancel(r.timer);
+            }
+        }
     }
 
     fn server_send(&mut self, now: Instant, slot: usize, gen: u64, code: u16, bytes: Bytes) {
@@ -1346,7 +1536,8 @@ impl Engine {
     fn remove_call(&mut self, c: usize) {
         let call = self.calls.remove(c);
         self.call_ids.remove(&call.call_id);
-        for t in [call.wait, call.purge].into_iter().flatten() {
+        let retx = call.up_retx.as_ref().map(|r| r.timer);
+        for t in [call.wait, call.purge, retx].into_iter().flatten() {
             self.wheel.cancel(t);
         }
         for l in &call.legs {
@@ -1362,13 +1553,28 @@ impl Engine {
     /// A call timer fired.
     pub(super) fn call_timer(&mut self, now: Instant, c: usize, gen: u64, which: CallTimer) {
         let window = self.cfg.calls.late_wake_window;
+        let t2 = self.cfg.timers.sanitized().t2;
         let Some(call) = self.call_mut(c, gen) else {
             return;
         };
         match which {
             CallTimer::Wait => {
                 call.wait = None;
-                if call.state == CallState::Waiting {
+                if call.state != CallState::Waiting {
+                    return;
+                }
+                // DESIGN §1.3 step 6: the wait is for a device to wake and
+                // connect. One that did and rings keeps the call going
+                // until it answers, the caller gives up, or its leg ends.
+                if !call.wait_over && call.legs.iter().any(Leg::ringing) {
+                    call.wait_over = true;
+                    // Nothing rings forever: RFC 3261 §16.6 step 11's
+                    // Timer C (more than 3 min) bounds it.
+                    let t = self
+                        .wheel
+                        .insert(now + TIMER_C, Timer::Call(c, gen, CallTimer::Wait));
+                    self.calls[c].wait = Some(t);
+                } else {
                     self.end_unanswered(now, c, Outcome::NoResponse);
                 }
             }
@@ -1377,12 +1583,35 @@ impl Engine {
                     return;
                 };
                 l.guard = None;
+                if l.state != LegState::Calling {
+                    return;
+                }
                 if let Some(reason) = l.cancel.take() {
                     // No provisional answer within the guard time: CANCEL
                     // anyway, as phones that never send one exist.
                     l.state = LegState::Early;
                     self.send_cancel(now, c, leg as usize, reason);
                 }
+            }
+            CallTimer::Retransmit2xx => {
+                let Some(r) = call.up_retx.as_mut() else {
+                    return;
+                };
+                if now >= r.until {
+                    // No ACK in 64·T1: the server transaction is gone too.
+                    call.up_retx = None;
+                    return;
+                }
+                r.interval = (r.interval * 2).min(t2);
+                let at = now + r.interval;
+                let ((slot, sgen), code, bytes) = (r.server, r.code, r.bytes.clone());
+                let t = self
+                    .wheel
+                    .insert(at, Timer::Call(c, gen, CallTimer::Retransmit2xx));
+                if let Some(r) = self.calls[c].up_retx.as_mut() {
+                    r.timer = t;
+                }
+                self.server_send(now, slot, sgen, code, bytes);
             }
             CallTimer::Purge => {
                 call.purge = None;
@@ -1417,6 +1646,10 @@ impl Engine {
     }
 }
 
+/// How long a phone may ring once `device_wait` is over (RFC 3261
+/// §16.6 step 11, Timer C: more than 3 minutes).
+const TIMER_C: std::time::Duration = std::time::Duration::from_secs(181);
+
 /// The longest a dialog's record is kept without a BYE (a lost BYE must
 /// not leak the call record).
 const MAX_DIALOG: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
@@ -1440,6 +1673,12 @@ pub(super) fn put_header(
     put_party(&mut v, value, tag)?;
     w.header(name, &v);
     Ok(())
+}
+
+/// The CSeq number of a request as received.
+fn invite_cseq(invite: &[u8]) -> u32 {
+    let mut h = [EMPTY_HEADER; 64];
+    parse(invite, &mut h).map(|m| l_cseq(&m)).unwrap_or(1)
 }
 
 fn l_cseq(inv: &Message<'_, '_>) -> u32 {

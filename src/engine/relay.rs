@@ -79,6 +79,9 @@ impl Engine {
         let from_tag = msg.from().ok().and_then(|t| t.tag());
         let Ok(cseq) = msg.cseq() else { return };
         let body = super::call::body(data, msg);
+        if to_tag == Some(&self.calls[c].up_tag[..]) {
+            self.up_2xx_acked(c, cseq.seq);
+        }
         let call = &self.calls[c];
         if to_tag == Some(&call.up_tag[..]) {
             let CallState::Answered(leg) = call.state else {
@@ -156,7 +159,7 @@ impl Engine {
             let leg = match call.state {
                 CallState::Answered(l) => Some(l),
                 // PRACK/UPDATE in an early dialog go to the leg that rang.
-                CallState::Waiting => call.early_leg,
+                CallState::Waiting => call.reliable_leg.or(call.early_leg),
                 CallState::Ended => None,
             };
             (true, leg)
@@ -427,6 +430,11 @@ impl Engine {
         w.copy_headers(msg, super::call::end_to_end);
         w.finish(super::call::body(data, msg));
         let bytes = self.buf.split().freeze();
+        if to_phone && method == Method::Invite && (200..300).contains(&code) {
+            // The caller's re-INVITE: its 2xx goes again until the ACK.
+            let cseq = req.cseq().map(|c| c.seq).unwrap_or(0);
+            self.retransmit_up_2xx(now, c, (slot, sgen), code, bytes.clone(), cseq);
+        }
         self.server_send_response(now, slot, sgen, code, bytes);
         if code >= 200 && method == Method::Bye {
             self.dialog_ended(now, c, leg);
