@@ -534,8 +534,10 @@ fn duplicate_registers_while_waking_send_one_invite() {
 
 #[test]
 fn phone_already_registered_is_invited_directly_without_push() {
+    // "Connected" is a phone whose TCP/TLS flow is open; over UDP a push
+    // device is always woken (device_registered_earlier_is_pushed_...).
     let mut s = sim();
-    let p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    let p = tcp_phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
     s.poke(&p, |p, now, out| p.register(now, out));
     s.run_for(Duration::from_secs(1));
     let c = caller(&mut s);
@@ -562,6 +564,45 @@ fn phone_already_registered_is_invited_directly_without_push() {
     assert!(invited - sent < Duration::from_millis(100));
     assert_eq!(s.engine.stats().pushes_requested, 0);
     drop((cb, pb));
+    settle(&mut s);
+}
+
+#[test]
+fn udp_phone_with_a_live_binding_is_still_pushed_and_invited_after_its_refresh() {
+    // RFC 8599 §4.1.2: over UDP a live binding says nothing about whether
+    // the app runs; the device is pushed and INVITEd after it REGISTERs.
+    let mut s = sim();
+    let p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    s.poke(&p, |p, now, out| p.register(now, out));
+    s.run_for(Duration::from_secs(1));
+    let c = caller(&mut s);
+    c.borrow_mut().bye_after_answer = Some(Duration::from_secs(2));
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(10));
+    assert_eq!(s.mediator.log.len(), 1, "{:?}", s.mediator.log);
+    assert_eq!(s.engine.stats().pushes_requested, 1);
+    let pb = p.borrow();
+    assert_eq!(pb.invites().len(), 1);
+    let registers: Vec<_> = pb
+        .ua
+        .sent
+        .iter()
+        .filter(|(_, d)| method(d).as_deref() == Some("REGISTER"))
+        .map(|(t, _)| *t)
+        .collect();
+    let invited = pb
+        .ua
+        .received
+        .iter()
+        .find(|(_, _, d)| method(d).as_deref() == Some("INVITE"))
+        .unwrap()
+        .0;
+    let sent = c.borrow().ua.sent[0].0;
+    assert!(
+        registers.iter().any(|&t| t > sent && t < invited),
+        "the INVITE follows a REGISTER made after the call arrived"
+    );
+    drop(pb);
     settle(&mut s);
 }
 

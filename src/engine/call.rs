@@ -478,21 +478,26 @@ impl Engine {
             a.calls.push(c);
         }
         // Phones that are up get the INVITE now; the others are woken.
-        let devices: Vec<(Box<str>, bool, bool)> = self.accounts[&account]
+        let devices: Vec<(Box<str>, bool, bool, bool)> = self.accounts[&account]
             .devices
             .iter()
-            .map(|d| (d.name.clone(), d.is_registered(now), d.push.is_some()))
+            .map(|d| {
+                let up = d.is_registered(now);
+                let connected =
+                    up && matches!(d.binding.as_ref().map(|b| b.flow), Some(Flow::Stream(_)));
+                (d.name.clone(), up, connected, d.push.is_some())
+            })
             .collect();
-        for (name, up, push) in devices {
-            if push && may_push {
+        for (name, up, connected, push) in devices {
+            if push && may_push && !connected {
                 // RFC 8599 §4.1.2 / §5.6: a push binding is woken and then
                 // its refresh REGISTER awaited, even while its SIP binding
                 // lasts — over UDP nothing tells a live app from one the OS
                 // suspended. The INVITE follows that REGISTER.
                 self.push(now, c, &name, PushKind::IncomingCall, None);
             } else if up {
-                // A phone without push (or a call that may not push) is
-                // INVITEd at the address it registered from.
+                // Connected (its TCP/TLS flow is open), a phone without push,
+                // or a call that may not push: INVITEd where it registered.
                 self.start_leg(now, c, &name, false);
             }
         }
