@@ -189,8 +189,19 @@ echo "phones pid $PHONES_PID: $(grep '^READY' "$OUT/phones.log")"
 
 # ---- measure ------------------------------------------------------------------------
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# CPU ticks per thread name of a process ("name ticks" lines).
+thread_ticks() {
+    for t in /proc/"$1"/task/*; do
+        printf '%s %s\n' "$(tr ' ' '_' < "$t/comm")" "$(sed 's/^.*) //' "$t/stat" | awk '{print $12 + $13}')"
+    done 2>/dev/null | awk '{ s[$1] += $2 } END { for (n in s) print n, s[n] }' | sort
+}
 metrics() { curl -sf -H "Authorization: Bearer $ADMIN_TOKEN" "$ADMIN/metrics" || true; }
 metrics > "$OUT/metrics-before.txt"
+# What sipis costs with its accounts and nothing to do (its shards tick).
+IDLE_S=${IDLE_S:-10}
+I0=$(ticks $SIPIS_PID); sleep "$IDLE_S"; I1=$(ticks $SIPIS_PID)
+IDLE_PCT=$(echo "($I1 - $I0) * 100 / $HZ / $IDLE_S" | bc -l)
+thread_ticks $SIPIS_PID > "$OUT/threads-before.txt"
 S0=$(ticks $SIPIS_PID); P0=$(ticks $PHONES_PID); T0=$(date +%s.%N)
 LOAD0=$(cut -d' ' -f1 /proc/loadavg)
 echo "sipp: $CALLS calls at $RATE/s, ${CALL_MS} ms each, mode $MODE, wake delay $WAKE_DELAY (load average before: $(cut -d' ' -f1-3 /proc/loadavg))"
@@ -205,6 +216,7 @@ sipp 127.0.0.1 -sf "$SCENARIO" -inf "$OUT/calls.csv" \
 SIPP_RC=$?
 set -e
 T1=$(date +%s.%N); S1=$(ticks $SIPIS_PID); P1=$(ticks $PHONES_PID)
+thread_ticks $SIPIS_PID > "$OUT/threads-after.txt"
 sleep 1.2 # the shards publish their counters every second
 metrics > "$OUT/metrics-after.txt"
 
@@ -238,13 +250,18 @@ WALL=$(echo "$T1 - $T0" | bc -l)
 SIPIS_CPU=$(echo "($S1 - $S0) / $HZ" | bc -l)
 PHONES_CPU=$(echo "($P1 - $P0) / $HZ" | bc -l)
 PER_CALL=$(echo "if ($OK > 0) ($S1 - $S0) / $HZ * 1000000 / $OK else 0" | bc -l)
+# The same less what sipis spends idle over as long a time.
+PER_CALL_NET=$(echo "if ($OK > 0) (($S1 - $S0) / $HZ - $IDLE_PCT / 100 * $WALL) * 1000000 / $OK else 0" | bc -l)
+THREADS=$(join -a 2 "$OUT/threads-before.txt" "$OUT/threads-after.txt" | awk -v hz="$HZ" '
+    { d = (NF == 3 ? $3 - $2 : $2) / hz; if (d > 0) printf "%s %.2f s, ", $1, d }' | sed 's/, $//')
 
 {
 echo "==== answered-call load: $CALLS calls at $RATE/s, ${CALL_MS} ms calls, $ACCOUNTS accounts, mode $MODE, wake $WAKE_DELAY"
 echo "sipp: successful $OK, failed $FAILED, retransmissions $RETRANS (exit $SIPP_RC)"
 echo "sipp setup (INVITE→200): $(rtd setup); BYE→200: $(rtd bye)"
-printf 'wall %.1f s; sipis CPU %.2f s = %.0f%% of a core = %.1f us/call; phones CPU %.2f s\n' \
-    "$WALL" "$SIPIS_CPU" "$(echo "$SIPIS_CPU * 100 / $WALL" | bc -l)" "$PER_CALL" "$PHONES_CPU"
+printf 'wall %.1f s; sipis CPU %.2f s = %.0f%% of a core = %.1f us/call (%.1f us/call less its idle %.1f%% of a core); phones CPU %.2f s\n' \
+    "$WALL" "$SIPIS_CPU" "$(echo "$SIPIS_CPU * 100 / $WALL" | bc -l)" "$PER_CALL" "$PER_CALL_NET" "$IDLE_PCT" "$PHONES_CPU"
+echo "sipis CPU by thread: $THREADS"
 echo "load average before: $LOAD0 (1 min), after: $(cut -d' ' -f1 /proc/loadavg)"
 echo "-- sipis /metrics (after) --"
 grep -E '^sipis_(calls|pushes|call_)' "$OUT/metrics-after.txt" | grep -v '^#' || echo "(no call metrics)"
