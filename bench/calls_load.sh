@@ -28,6 +28,9 @@
 #   OUT [/tmp/sipis-calls-load-<date>]: logs, configs, sipp files, summary
 #   CARGO_TARGET_DIR [target]: where the release binaries are (built if missing)
 #   NO_BUILD=1: use the binaries as they are
+#   IDLE_S [10]: seconds of idle sipis measured before the run
+#   PERF_S: record a perf profile of sipis over the first PERF_S s of the run
+#           ($OUT/perf.data; `perf report -i $OUT/perf.data`)
 set -euo pipefail
 
 ACCOUNTS=${ACCOUNTS:-2000}
@@ -207,6 +210,12 @@ LOAD0=$(cut -d' ' -f1 /proc/loadavg)
 echo "sipp: $CALLS calls at $RATE/s, ${CALL_MS} ms each, mode $MODE, wake delay $WAKE_DELAY (load average before: $(cut -d' ' -f1-3 /proc/loadavg))"
 
 cd "$OUT"
+PERF_PID=
+if [[ -n ${PERF_S:-} ]]; then # profile sipis for PERF_S seconds of the run (tuning/profiling.md)
+    perf record -F 999 --call-graph fp -p "$SIPIS_PID" -o "$OUT/perf.data" -- sleep "$PERF_S" \
+        > "$OUT/perf.log" 2>&1 &
+    PERF_PID=$!
+fi
 set +e
 sipp 127.0.0.1 -sf "$SCENARIO" -inf "$OUT/calls.csv" \
     -i 127.0.0.1 -p "$SIPP_PORT" -r "$RATE" -m "$CALLS" -d "$CALL_MS" \
@@ -216,6 +225,7 @@ sipp 127.0.0.1 -sf "$SCENARIO" -inf "$OUT/calls.csv" \
 SIPP_RC=$?
 set -e
 T1=$(date +%s.%N); S1=$(ticks $SIPIS_PID); P1=$(ticks $PHONES_PID)
+[[ -n $PERF_PID ]] && wait "$PERF_PID" || true
 thread_ticks $SIPIS_PID > "$OUT/threads-after.txt"
 sleep 1.2 # the shards publish their counters every second
 metrics > "$OUT/metrics-after.txt"
