@@ -1895,4 +1895,242 @@ mod tests {
             .is_none());
         assert!(parse_head(b"GET / HTTP/1.1\r\n\r\n", None).is_err());
     }
+
+    // ---- a woken phone against a stand-in for sipis -----------------------
+
+    use sipis::digest::{Credentials, Ha1, NonceVerifier, Verdict, VerifierConfig};
+
+    async fn recv(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+        let mut buf = vec![0u8; 65536];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(3), sock.recv_from(&mut buf))
+            .await
+            .expect("the phone sent nothing within 3 s")
+            .expect("recv");
+        buf.truncate(n);
+        (buf, from)
+    }
+
+    /// Checks a REGISTER's digest answer with sipis's own verifier.
+    fn verify(v: &mut NonceVerifier, msg: &Message<'_, '_>) -> Verdict {
+        let auths: Vec<_> = msg
+            .auth(HeaderName::Authorization)
+            .filter_map(Result::ok)
+            .collect();
+        let a = auths.first().expect("an Authorization header");
+        let c = Credentials::from_params(
+            a.params()
+                .map_while(Result::ok)
+                .filter_map(|p| std::str::from_utf8(p.value).ok().map(|v| (p.name, v))),
+        )
+        .expect("digest credentials");
+        v.verify(
+            &c,
+            "REGISTER",
+            "sipis",
+            std::time::Instant::now(),
+            |user, alg| (user == "b1").then(|| Ha1::from_password(alg, user, "sipis", "pw-b1")),
+        )
+    }
+
+    fn reply(req: &[u8], code: u16, reason: &str, from: SocketAddr, extra: &[String]) -> Bytes {
+        let mut h = [EMPTY_HEADER; 64];
+        let msg = parse(req, &mut h).expect("request");
+        let mut out = BytesMut::new();
+        let mut w = parser::response_to(&mut out, &msg, code, reason, b"srv", from).unwrap();
+        for v in extra {
+            w.header("WWW-Authenticate", v.as_bytes());
+        }
+        w.finish(b"");
+        out.freeze()
+    }
+
+    fn header(data: &[u8], name: HeaderName) -> String {
+        let mut h = [EMPTY_HEADER; 64];
+        let msg = parse(data, &mut h).expect("message");
+        String::from_utf8_lossy(msg.header(name).unwrap_or_default()).into_owned()
+    }
+
+    #[test]
+    fn a_pushed_phone_registers_answers_and_goes_back_to_sleep() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let sipis = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let sipis_addr = sipis.local_addr().unwrap();
+            let dir = std::env::temp_dir().join(format!("phones-test-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let list = dir.join("phones.csv");
+            std::fs::write(
+                &list,
+                "prid,auth_user,password,aor\nfeed01,b1,pw-b1,sip:b1@bench.test\n",
+            )
+            .unwrap();
+            let Cmd::Run(args) = Cli::parse_from([
+                "phones",
+                "run",
+                "--phones",
+                list.to_str().unwrap(),
+                "--sipis",
+                &sipis_addr.to_string(),
+                "--wake-delay",
+                "5ms",
+                "--linger",
+                "100ms",
+            ])
+            .cmd
+            else {
+                unreachable!()
+            };
+            let ctx = Rc::new(Ctx {
+                phones: load_phones(&list, 7).unwrap(),
+                args,
+                stats: RefCell::new(Stats::default()),
+                rng: Cell::new(7),
+            });
+            let _ = std::fs::remove_dir_all(&dir);
+            let push: PushRequest = serde_json::from_value(serde_json::json!({
+                "id": "0123456789abcdef", "kind": "incoming_call", "account": 1,
+                "device": {"id": "iphone", "platform": "apns", "token": "feed01"},
+                "call": {"call_id": "call-1@pbx", "caller_uri": "sip:bob@example.com",
+                         "callee": "sip:b1@bench.test"},
+                "timestamp_ms": 0
+            }))
+            .unwrap();
+            let answer = on_push(&ctx, push);
+            assert_eq!(answer.result, PushResult::Sent);
+            let phone = ctx.phones["feed01"].clone();
+            assert!(phone.awake.get());
+
+            // REGISTER without credentials: challenged.
+            let mut verifier = NonceVerifier::new(
+                [9; 32],
+                std::time::Instant::now(),
+                VerifierConfig::default(),
+            );
+            let (reg, from) = recv(&sipis).await;
+            let text = String::from_utf8_lossy(&reg).into_owned();
+            assert!(
+                text.starts_with("REGISTER sip:bench.test SIP/2.0\r\n"),
+                "{text}"
+            );
+            assert!(
+                text.contains(";pn-provider=apns;pn-prid=feed01;pn-param="),
+                "{text}"
+            );
+            assert!(!text.contains("Authorization"), "{text}");
+            let mut challenges = Vec::new();
+            verifier
+                .challenge("sipis", false, std::time::Instant::now(), &mut challenges)
+                .unwrap();
+            let r = reply(&reg, 401, "Unauthorized", from, &challenges);
+            sipis.send_to(&r, from).await.unwrap();
+
+            // The digest answer checks out with sipis's verifier.
+            let (reg, from2) = recv(&sipis).await;
+            assert_eq!(from, from2, "one socket per wake");
+            {
+                let mut h = [EMPTY_HEADER; 64];
+                let msg = parse(&reg, &mut h).unwrap();
+                assert_eq!(verify(&mut verifier, &msg), Verdict::Ok);
+                assert_eq!(msg.cseq().unwrap().seq, 2);
+            }
+            sipis
+                .send_to(&reply(&reg, 200, "OK", from, &[]), from)
+                .await
+                .unwrap();
+
+            // The INVITE: 180, then 200 with SDP, until the ACK.
+            let invite = format!(
+                "INVITE sip:b1@{from};transport=udp SIP/2.0\r\n\
+                 Via: SIP/2.0/UDP {sipis_addr};branch=z9hG4bKinv1;rport\r\n\
+                 Max-Forwards: 70\r\n\
+                 From: \"Bob\" <sip:bob@example.com>;tag=caller1\r\n\
+                 To: <sip:b1@bench.test>\r\n\
+                 Call-ID: call-1@pbx\r\n\
+                 CSeq: 1 INVITE\r\n\
+                 Contact: <sip:tok@{sipis_addr}>\r\n\
+                 Content-Length: 0\r\n\r\n"
+            );
+            sipis.send_to(invite.as_bytes(), from).await.unwrap();
+            let (ringing, _) = recv(&sipis).await;
+            assert!(ringing.starts_with(b"SIP/2.0 180 Ringing\r\n"));
+            let (ok, _) = recv(&sipis).await;
+            let ok_text = String::from_utf8_lossy(&ok).into_owned();
+            assert!(ok_text.starts_with("SIP/2.0 200 OK\r\n"), "{ok_text}");
+            assert!(
+                ok_text.contains("Content-Type: application/sdp"),
+                "{ok_text}"
+            );
+            assert!(ok_text.contains("m=audio "), "{ok_text}");
+            let to = header(&ok, HeaderName::To);
+            assert!(to.contains(";tag="), "{to}");
+            let in_dialog = |method: &str, cseq: u32, branch: &str| {
+                format!(
+                    "{method} sip:b1@{from};transport=udp SIP/2.0\r\n\
+                     Via: SIP/2.0/UDP {sipis_addr};branch={branch};rport\r\n\
+                     Max-Forwards: 70\r\n\
+                     From: \"Bob\" <sip:bob@example.com>;tag=caller1\r\n\
+                     To: {to}\r\n\
+                     Call-ID: call-1@pbx\r\n\
+                     CSeq: {cseq} {method}\r\n\
+                     Content-Length: 0\r\n\r\n"
+                )
+            };
+            sipis
+                .send_to(in_dialog("ACK", 1, "z9hG4bKack1").as_bytes(), from)
+                .await
+                .unwrap();
+            sipis
+                .send_to(in_dialog("BYE", 2, "z9hG4bKbye1").as_bytes(), from)
+                .await
+                .unwrap();
+            let (bye_ok, _) = recv(&sipis).await;
+            assert!(bye_ok.starts_with(b"SIP/2.0 200 OK\r\n"));
+            assert_eq!(header(&bye_ok, HeaderName::CSeq), "2 BYE");
+
+            // Back to sleep: Contact: *, Expires: 0, credentials reused.
+            let (unreg, _) = recv(&sipis).await;
+            assert_eq!(header(&unreg, HeaderName::Contact), "*");
+            assert_eq!(header(&unreg, HeaderName::Expires), "0");
+            {
+                let mut h = [EMPTY_HEADER; 64];
+                let msg = parse(&unreg, &mut h).unwrap();
+                assert_eq!(verify(&mut verifier, &msg), Verdict::Ok);
+            }
+            sipis
+                .send_to(&reply(&unreg, 200, "OK", from, &[]), from)
+                .await
+                .unwrap();
+
+            for _ in 0..100 {
+                if !phone.awake.get() {
+                    break;
+                }
+                sleep(Duration::from_millis(10)).await;
+            }
+            assert!(!phone.awake.get(), "the phone went back to sleep");
+            let st = ctx.stats();
+            assert!(st.failures.is_empty(), "{:?}", st.failures);
+            for (k, n) in [
+                ("register_sent", 3),
+                ("register_401", 1),
+                ("registered", 1),
+                ("unregistered", 1),
+                ("invites", 1),
+                ("answered", 1),
+                ("acked", 1),
+                ("completed", 1),
+            ] {
+                assert_eq!(st.get(k), n, "{k}: {:?}", st.counts);
+            }
+            assert_eq!(st.calls_done, 1);
+            assert_eq!(st.in_flight(), 0);
+            for k in ["push_to_invite", "register", "ok_to_ack", "invite_to_bye"] {
+                assert_eq!(st.hist.get(k).map(Histogram::len), Some(1), "{k}");
+            }
+        });
+    }
 }
