@@ -19,7 +19,10 @@
 //!   the ACK (RFC 3261 §17.1.2.2, §13.3.1.4).
 //!
 //! `--mode awake` instead registers every phone at start and keeps it
-//! registered: calls then reach the phones without a push (the baseline).
+//! registered (the baseline: no wake-up). sipis still pushes such a phone
+//! (RFC 8599 §4.1.2) and INVITEs it after the REGISTER the push triggers:
+//! an app that is up answers the push at once with a REGISTER on the socket
+//! it has — so does a woken phone still lingering after its call.
 //!
 //! At the end (`--duration`, `--calls`, SIGTERM or SIGINT) it prints the
 //! calls answered, the failures by kind and hdrhistogram quantiles of the
@@ -47,6 +50,7 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
 use tokio::time::{sleep, sleep_until, Instant};
 
 // ---- command line ---------------------------------------------------------
@@ -298,8 +302,8 @@ struct Phone {
     reg_call_id: String,
     from_tag: String,
     cseq: Cell<u32>,
-    /// A session (socket) of this phone is alive.
-    awake: Cell<bool>,
+    /// The live session (socket) of this phone: pushes for it go there.
+    session: RefCell<Option<mpsc::UnboundedSender<Wake>>>,
     digest: RefCell<DigestClient>,
 }
 
@@ -370,7 +374,7 @@ fn load_phones(path: &PathBuf, seed: u64) -> Result<HashMap<String, Rc<Phone>>> 
                 reg_call_id: format!("reg-{auth_user}-{seed:08x}@phones"),
                 from_tag: format!("{:x}", seed ^ (n as u64)),
                 cseq: Cell::new(1),
-                awake: Cell::new(false),
+                session: RefCell::new(None),
                 digest: RefCell::new(DigestClient::new(cnonce_seed)),
             }),
         );
@@ -748,23 +752,28 @@ fn on_push(ctx: &Rc<Ctx>, req: PushRequest) -> PushAnswer {
         ctx.stats().fail("push_unknown_token");
         return answer(PushResult::Sent);
     };
-    if ctx.args.mode == Mode::Awake {
-        ctx.stats().fail("push_to_awake_phone");
-        return answer(PushResult::Sent);
-    }
-    if phone.awake.get() {
-        // Still finishing the last call (or its linger): a real app would
-        // handle the push on the SIP connection it has; sipis only pushes
-        // phones it has no binding for, so this is odd.
-        ctx.stats().fail("push_while_awake");
-        return answer(PushResult::Sent);
-    }
-    phone.awake.set(true);
     let wake = Wake {
         push_at: now,
         call_id: req.call.call_id.clone(),
     };
-    tokio::task::spawn_local(wake_phone(ctx.clone(), phone, wake));
+    // RFC 8599 §4.1.2: sipis pushes a device even while it is registered
+    // and INVITEs it after the REGISTER the push triggers. A phone whose
+    // app is up (awake mode, or still lingering after a call) answers the
+    // push on the socket it has.
+    let live = phone.session.borrow().clone();
+    let wake = match live {
+        Some(tx) => match tx.send(wake) {
+            Ok(()) => {
+                ctx.stats().count("push_to_live_phone");
+                return answer(PushResult::Sent);
+            }
+            Err(mpsc::error::SendError(w)) => w,
+        },
+        None => wake,
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    *phone.session.borrow_mut() = Some(tx);
+    tokio::task::spawn_local(wake_phone(ctx.clone(), phone, wake, rx));
     answer(PushResult::Sent)
 }
 
@@ -776,7 +785,7 @@ struct Wake {
     call_id: String,
 }
 
-async fn wake_phone(ctx: Rc<Ctx>, phone: Rc<Phone>, wake: Wake) {
+async fn wake_phone(ctx: Rc<Ctx>, phone: Rc<Phone>, wake: Wake, rx: mpsc::UnboundedReceiver<Wake>) {
     ctx.stats().phase(None, Some("waking"));
     sleep_until(wake.push_at + ctx.args.wake_delay).await;
     ctx.stats().phase(Some("waking"), None);
@@ -787,16 +796,15 @@ async fn wake_phone(ctx: Rc<Ctx>, phone: Rc<Phone>, wake: Wake) {
             let mut st = ctx.stats();
             st.fail("socket");
             st.calls_done += 1;
-            phone.awake.set(false);
+            *phone.session.borrow_mut() = None;
             return;
         }
     };
     if !ctx.args.reuse_nonce {
         phone.digest.borrow_mut().clear();
     }
-    let s = Session::new(ctx.clone(), phone.clone(), sock, Some(wake));
+    let s = Session::new(ctx.clone(), phone.clone(), sock, Some(wake), rx);
     s.run().await;
-    phone.awake.set(false);
 }
 
 /// Awake mode: every phone registers at start (paced), then serves calls.
@@ -816,8 +824,9 @@ async fn register_all(ctx: &Rc<Ctx>) {
                 continue;
             }
         };
-        phone.awake.set(true);
-        let s = Session::new(ctx.clone(), phone.clone(), sock, None);
+        let (tx, rx) = mpsc::unbounded_channel();
+        *phone.session.borrow_mut() = Some(tx);
+        let s = Session::new(ctx.clone(), phone.clone(), sock, None, rx);
         tokio::task::spawn_local(s.run());
     }
     // Wait (bounded) until every phone is registered.
@@ -838,6 +847,8 @@ async fn register_all(ctx: &Rc<Ctx>) {
 /// A REGISTER transaction (and the digest retries of it).
 struct RegTx {
     unregister: bool,
+    /// Sent because of a push: its 200 is what sipis INVITEs after.
+    push: bool,
     branch: String,
     bytes: Bytes,
     /// When the first REGISTER of this exchange left (before any 401).
@@ -889,7 +900,11 @@ struct Session {
     phone: Rc<Phone>,
     sock: UdpSocket,
     local: SocketAddr,
+    /// The push being answered (the call expected next).
     wake: Option<Wake>,
+    /// Awake mode: registered all along, serves call after call.
+    awake_mode: bool,
+    pushes: mpsc::UnboundedReceiver<Wake>,
     phase: Option<&'static str>,
     reg: Option<RegTx>,
     registered_at: Option<Instant>,
@@ -898,14 +913,21 @@ struct Session {
     /// Phase deadline and the failure it means.
     deadline: Option<(Instant, &'static str)>,
     linger_until: Option<Instant>,
-    /// This session's call was counted (ended or failed).
+    /// The current call was counted (ended or failed).
     counted: bool,
     out: Vec<(SocketAddr, Bytes)>,
     done: bool,
 }
 
 impl Session {
-    fn new(ctx: Rc<Ctx>, phone: Rc<Phone>, sock: UdpSocket, wake: Option<Wake>) -> Session {
+    fn new(
+        ctx: Rc<Ctx>,
+        phone: Rc<Phone>,
+        sock: UdpSocket,
+        wake: Option<Wake>,
+        pushes: mpsc::UnboundedReceiver<Wake>,
+    ) -> Session {
+        let awake_mode = wake.is_none();
         let local = sock
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -915,6 +937,8 @@ impl Session {
             sock,
             local,
             wake,
+            awake_mode,
+            pushes,
             phase: None,
             reg: None,
             registered_at: None,
@@ -942,7 +966,7 @@ impl Session {
         if let Some(f) = failure {
             st.fail(f);
         }
-        if !self.counted || self.wake.is_none() {
+        if !self.counted {
             st.calls_done += 1;
         }
         self.counted = true;
@@ -978,11 +1002,64 @@ impl Session {
                         self.ctx.stats().count("icmp_errors");
                     }
                 },
+                Some(w) = self.pushes.recv() => self.on_push(Instant::now(), w),
                 _ = sleep_until(next) => self.on_timer(Instant::now()),
             }
         }
         self.flush().await;
         self.set_phase(None);
+        // Pushes that came while the socket was closing wake the phone anew.
+        *self.phone.session.borrow_mut() = None;
+        let mut late = Vec::new();
+        while let Ok(w) = self.pushes.try_recv() {
+            late.push(w);
+        }
+        let mut late = late.into_iter();
+        if let Some(first) = late.next() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            for w in late {
+                let _ = tx.send(w);
+            }
+            *self.phone.session.borrow_mut() = Some(tx);
+            tokio::task::spawn_local(wake_phone(self.ctx.clone(), self.phone.clone(), first, rx));
+        }
+    }
+
+    /// A push for this phone while its app is up: a REGISTER on the socket
+    /// it has (RFC 8599 §4.1.2), after which sipis sends the INVITE.
+    fn on_push(&mut self, now: Instant, w: Wake) {
+        self.ctx
+            .stats()
+            .record("push_to_register", now.duration_since(w.push_at));
+        self.wake = Some(w);
+        self.counted = false;
+        self.linger_until = None;
+        if let Some(r) = self.reg.as_mut() {
+            if !r.unregister {
+                // A REGISTER is under way already: its 200 will do.
+                r.push = true;
+                return;
+            }
+        }
+        let mut auth = String::new();
+        let acct = Account {
+            username: &self.phone.auth_user,
+            secret: Secret::Password(&self.phone.password),
+        };
+        let uri = format!("sip:{}", self.phone.domain);
+        let _ = self
+            .phone
+            .digest
+            .borrow_mut()
+            .reauthorize(&acct, "REGISTER", &uri, &mut auth);
+        let busy = self
+            .dialog
+            .as_ref()
+            .is_some_and(|d| d.state != DState::Ended);
+        if !busy {
+            self.set_phase(Some("registering"));
+        }
+        self.start_register_tx(now, false, true, auth, None);
     }
 
     async fn flush(&mut self) {
@@ -1094,13 +1171,15 @@ impl Session {
         } else {
             "registering"
         }));
-        self.start_register_tx(now, unregister, auth, None);
+        let push = !unregister && self.wake.is_some();
+        self.start_register_tx(now, unregister, push, auth, None);
     }
 
     fn start_register_tx(
         &mut self,
         now: Instant,
         unregister: bool,
+        push: bool,
         auth: String,
         started: Option<(Instant, u32)>,
     ) {
@@ -1112,6 +1191,7 @@ impl Session {
         let (started, auth_sent) = started.unwrap_or((now, 0));
         self.reg = Some(RegTx {
             unregister,
+            push,
             branch,
             bytes: bytes.clone(),
             started,
@@ -1136,7 +1216,7 @@ impl Session {
             return;
         }
         let code = msg.status().unwrap_or(0);
-        let unregister = reg.unregister;
+        let (unregister, push) = (reg.unregister, reg.push);
         match code {
             100..=199 => {
                 // Timer E goes to T2 once a provisional came (§17.1.2.2).
@@ -1186,7 +1266,13 @@ impl Session {
                     return self.register_failed("register_bad_challenge", unregister);
                 }
                 drop(digest);
-                self.start_register_tx(now, unregister, auth, Some((reg.started, reg.auth_sent)));
+                self.start_register_tx(
+                    now,
+                    unregister,
+                    push,
+                    auth,
+                    Some((reg.started, reg.auth_sent)),
+                );
             }
             200..=299 => {
                 let reg = self.reg.take().expect("checked above");
@@ -1199,18 +1285,22 @@ impl Session {
                 {
                     let mut st = self.ctx.stats();
                     st.count("registered");
-                    if self.registered_at.is_none() && self.wake.is_some() {
+                    if push {
                         st.record("register", took);
                     }
                 }
-                if self.registered_at.is_none() {
+                if push || self.registered_at.is_none() {
                     self.registered_at = Some(now);
                 }
                 let exp = u64::from(self.ctx.args.expires);
                 self.refresh_at = Some(now + Duration::from_secs(exp * 4 / 5));
-                if self.dialog.is_none() {
+                let busy = self
+                    .dialog
+                    .as_ref()
+                    .is_some_and(|d| d.state != DState::Ended);
+                if !busy {
                     self.set_phase(Some("wait_invite"));
-                    if self.wake.is_some() {
+                    if push {
                         self.deadline =
                             Some((now + self.ctx.args.invite_timeout, "invite_timeout"));
                     }
@@ -1353,6 +1443,7 @@ impl Session {
                 return;
             }
         }
+        self.counted = false;
         let mut st = self.ctx.stats();
         st.count("invites");
         if let Some(w) = &self.wake {
@@ -1542,7 +1633,8 @@ impl Session {
     /// waits for the next call.
     fn call_over(&mut self, now: Instant) {
         self.deadline = None;
-        if self.wake.is_none() {
+        if self.awake_mode {
+            self.wake = None;
             self.set_phase(Some("wait_invite"));
             return;
         }
@@ -1591,7 +1683,7 @@ impl Session {
                 .digest
                 .borrow_mut()
                 .reauthorize(&acct, "REGISTER", &uri, &mut auth);
-            self.start_register_tx(now, false, auth, None);
+            self.start_register_tx(now, false, false, auth, None);
             self.set_phase(auth_phase);
         }
         // The dialog: 180, 200, 200 retransmissions, ACK timeout.
@@ -2002,7 +2094,7 @@ mod tests {
             let answer = on_push(&ctx, push);
             assert_eq!(answer.result, PushResult::Sent);
             let phone = ctx.phones["feed01"].clone();
-            assert!(phone.awake.get());
+            assert!(phone.session.borrow().is_some());
 
             // REGISTER without credentials: challenged.
             let mut verifier = NonceVerifier::new(
@@ -2106,12 +2198,12 @@ mod tests {
                 .unwrap();
 
             for _ in 0..100 {
-                if !phone.awake.get() {
+                if phone.session.borrow().is_none() {
                     break;
                 }
                 sleep(Duration::from_millis(10)).await;
             }
-            assert!(!phone.awake.get(), "the phone went back to sleep");
+            assert!(phone.session.borrow().is_none(), "the phone went back to sleep");
             let st = ctx.stats();
             assert!(st.failures.is_empty(), "{:?}", st.failures);
             for (k, n) in [
