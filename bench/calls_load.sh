@@ -23,8 +23,9 @@
 #   ACCOUNTS [2000]  RATE [200] calls/s  CALLS [12000]  CALL_MS [2000]
 #   MODE [push|awake]  WAKE_DELAY [50ms]  SHARDS [2]  DEVICE_WAIT [30s]
 #   PUSH_CONNECTIONS [4]  LOG_LEVEL [warn]
-#   SIP_PORT [35060] (shards on SIP_PORT+1..)  ADMIN_PORT [38080]
-#   MEDIATOR_PORT [38090]  SIPP_PORT [35990]
+#   SIP_PORT [25060] (shards on SIP_PORT+1..)  ADMIN_PORT [28080]
+#   MEDIATOR_PORT [28090]  SIPP_PORT [25990]: below the ephemeral range, as
+#   every simulated phone binds an ephemeral port of its own
 #   OUT [/tmp/sipis-calls-load-<date>]: logs, configs, sipp files, summary
 #   CARGO_TARGET_DIR [target]: where the release binaries are (built if missing)
 #   NO_BUILD=1: use the binaries as they are
@@ -43,10 +44,10 @@ SHARDS=${SHARDS:-2}
 DEVICE_WAIT=${DEVICE_WAIT:-30s}
 PUSH_CONNECTIONS=${PUSH_CONNECTIONS:-4}
 LOG_LEVEL=${LOG_LEVEL:-warn}
-SIP_PORT=${SIP_PORT:-35060}
-ADMIN_PORT=${ADMIN_PORT:-38080}
-MEDIATOR_PORT=${MEDIATOR_PORT:-38090}
-SIPP_PORT=${SIPP_PORT:-35990}
+SIP_PORT=${SIP_PORT:-25060}
+ADMIN_PORT=${ADMIN_PORT:-28080}
+MEDIATOR_PORT=${MEDIATOR_PORT:-28090}
+SIPP_PORT=${SIPP_PORT:-25990}
 OUT=${OUT:-/tmp/sipis-calls-load-$(date +%Y%m%d-%H%M%S)}
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -71,6 +72,10 @@ if [[ ${NO_BUILD:-} != 1 ]]; then
 fi
 [[ -x $SIPIS && -x $PHONES ]] || die "no $SIPIS or $PHONES (unset NO_BUILD)"
 
+read -r EPH_LO EPH_HI < /proc/sys/net/ipv4/ip_local_port_range
+for p in $SIP_PORT $SIPP_PORT $ADMIN_PORT $MEDIATOR_PORT; do
+    (( p >= EPH_LO && p <= EPH_HI )) && die "port $p is in the ephemeral range $EPH_LO-$EPH_HI (the phones' sockets may take it)"
+done
 for p in $SIP_PORT $(seq $((SIP_PORT + 1)) $((SIP_PORT + SHARDS))) $SIPP_PORT; do
     ss -Hlun "sport = :$p" | grep -q . && die "UDP port $p is in use (set SIP_PORT/SIPP_PORT)"
 done
