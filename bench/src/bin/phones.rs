@@ -2203,7 +2203,10 @@ mod tests {
                 }
                 sleep(Duration::from_millis(10)).await;
             }
-            assert!(phone.session.borrow().is_none(), "the phone went back to sleep");
+            assert!(
+                phone.session.borrow().is_none(),
+                "the phone went back to sleep"
+            );
             let st = ctx.stats();
             assert!(st.failures.is_empty(), "{:?}", st.failures);
             for (k, n) in [
