@@ -752,9 +752,7 @@ impl Engine {
         };
         let Ok(cseq) = inv.cseq() else { return };
         let cseq = cseq.seq;
-        let mut branch = String::with_capacity(24);
-        branch.push_str("z9hG4bK");
-        self.rng.hex_into(&mut branch, 16);
+        let branch = super::new_branch(&mut self.rng);
         let via = self.cfg.via.clone();
         self.buf.clear();
         let mut w = Writer::request(&mut self.buf, Method::Invite, &target);
@@ -1136,9 +1134,7 @@ impl Engine {
         let Ok(inv) = parse(&l.invite, &mut h) else {
             return;
         };
-        let mut branch = String::with_capacity(24);
-        branch.push_str("z9hG4bK");
-        self.rng.hex_into(&mut branch, 16);
+        let branch = super::new_branch(&mut self.rng);
         self.buf.clear();
         let mut w = Writer::request(&mut self.buf, Method::Ack, &l.target);
         w.via(
@@ -1218,9 +1214,7 @@ impl Engine {
         let Ok(inv) = parse(&invite, &mut h) else {
             return;
         };
-        let mut branch = String::with_capacity(24);
-        branch.push_str("z9hG4bK");
-        self.rng.hex_into(&mut branch, 16);
+        let branch = super::new_branch(&mut self.rng);
         let via = self.cfg.via.clone();
         self.buf.clear();
         let mut w = Writer::request(&mut self.buf, method, &target);
@@ -1319,11 +1313,7 @@ impl Engine {
         let (slot, sgen) = call.server;
         let invite = call.invite.clone();
         let (tag, src) = (call.up_tag.clone(), call.up_src);
-        let token = self
-            .accounts
-            .get(&call.account)
-            .map(|a| a.cfg.token.clone())
-            .unwrap_or_default();
+        let token = self.account_token(call.account);
         let mut h = [EMPTY_HEADER; 64];
         let Ok(inv) = parse(&invite, &mut h) else {
             return;

@@ -314,6 +314,14 @@ impl Engine {
         self.after_server(slot, None);
     }
 
+    /// An account's Contact token (empty for an account gone meanwhile).
+    fn account_token(&self, account: AccountId) -> String {
+        self.accounts
+            .get(&account)
+            .map(|a| a.cfg.token.clone())
+            .unwrap_or_default()
+    }
+
     /// Starts a client transaction for `request` and sends it.
     #[allow(clippy::too_many_arguments)]
     fn start_client(
@@ -993,9 +1001,7 @@ impl Engine {
         let Some(dest) = a.cfg.registrar.as_ref().map(|r| r.addr) else {
             return;
         };
-        let mut branch = String::with_capacity(24);
-        branch.push_str("z9hG4bK");
-        self.rng.hex_into(&mut branch, 16);
+        let branch = new_branch(&mut self.rng);
         self.buf.clear();
         let before = a.reg.status();
         if a.reg
@@ -1077,4 +1083,12 @@ fn rearm(
 fn aor_key_of(aor: &str) -> Option<Box<[u8]>> {
     let u = parser::Uri::parse(aor.as_bytes()).ok()?;
     phone::aor_key(&u)
+}
+
+/// A fresh RFC 3261 branch (`z9hG4bK` + 16 hex digits, §8.1.1.7).
+fn new_branch(rng: &mut Rng) -> String {
+    let mut branch = String::with_capacity(24);
+    branch.push_str("z9hG4bK");
+    rng.hex_into(&mut branch, 16);
+    branch
 }

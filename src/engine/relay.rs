@@ -214,12 +214,8 @@ impl Engine {
         method: Method<'_>,
         owner: TxOwner,
     ) {
+        let token = self.account_token(self.calls[c].account);
         let call = &mut self.calls[c];
-        let token = self
-            .accounts
-            .get(&call.account)
-            .map(|a| a.cfg.token.clone())
-            .unwrap_or_default();
         let in_cseq = msg.cseq().map(|c| c.seq).unwrap_or(0);
         let l = &mut call.legs[leg];
         // PRACK keeps the INVITE's CSeq space in step: RAck names the
@@ -234,9 +230,7 @@ impl Engine {
                 to_phone: true,
             });
         }
-        let mut branch = String::with_capacity(24);
-        branch.push_str("z9hG4bK");
-        self.rng.hex_into(&mut branch, 16);
+        let branch = super::new_branch(&mut self.rng);
         let via = self.cfg.via.clone();
         self.buf.clear();
         let mut w = Writer::request(&mut self.buf, method, &target);
@@ -248,26 +242,11 @@ impl Engine {
         );
         w.header("Max-Forwards", b"70");
         let from_tag = msg.from().ok().and_then(|f| f.tag()).map(<[u8]>::to_vec);
-        let (Some(f), Some(t)) = (msg.header(HeaderName::From), msg.header(HeaderName::To)) else {
-            return;
-        };
-        if super::call::put_header(&mut w, "From", f, from_tag.as_deref()).is_err()
-            || super::call::put_header(&mut w, "To", t, tag.as_deref()).is_err()
-        {
+        let contact = (&*token, &*self.cfg.phone_contact_host);
+        let tags = (from_tag.as_deref(), tag.as_deref());
+        if relayed_rest(w, msg, data, tags, out_cseq, method, contact).is_err() {
             return;
         }
-        w.copy_named(msg, HeaderName::CallId);
-        w.header_with("CSeq", |o| {
-            parser::put_u32(o, out_cseq);
-            o.put_u8(b' ');
-            o.put_slice(method.as_str().as_bytes());
-        });
-        if matches!(method, Method::Invite | Method::Update) {
-            let host = &self.cfg.phone_contact_host;
-            w.header_with("Contact", |o| put_contact(o, &token, host));
-        }
-        w.copy_headers(msg, super::call::end_to_end);
-        w.finish(super::call::body(data, msg));
         let bytes = self.buf.split().freeze();
         let kind = if method == Method::Invite {
             Kind::Invite
@@ -293,12 +272,8 @@ impl Engine {
         ack_cseq: Option<u32>,
         owner: Option<TxOwner>,
     ) {
+        let token = self.account_token(self.calls[c].account);
         let call: &mut Call = &mut self.calls[c];
-        let token = self
-            .accounts
-            .get(&call.account)
-            .map(|a| a.cfg.token.clone())
-            .unwrap_or_default();
         let invite = call.invite.clone();
         let mut h = [EMPTY_HEADER; 64];
         let Ok(inv) = parse(&invite, &mut h) else {
@@ -322,9 +297,7 @@ impl Engine {
             });
         }
         let (dest, flow, up_tag) = (call.up_src, call.up_flow, call.up_tag.clone());
-        let mut branch = String::with_capacity(24);
-        branch.push_str("z9hG4bK");
-        self.rng.hex_into(&mut branch, 16);
+        let branch = super::new_branch(&mut self.rng);
         let via = self.cfg.via.clone();
         self.buf.clear();
         let mut w = Writer::request(&mut self.buf, method, &target);
@@ -339,27 +312,12 @@ impl Engine {
             w.header("Route", rr);
         }
         w.header("Max-Forwards", b"70");
-        let (Some(f), Some(t)) = (msg.header(HeaderName::From), msg.header(HeaderName::To)) else {
-            return;
-        };
         let caller_tag = msg.to().ok().and_then(|t| t.tag()).map(<[u8]>::to_vec);
-        if super::call::put_header(&mut w, "From", f, Some(&up_tag)).is_err()
-            || super::call::put_header(&mut w, "To", t, caller_tag.as_deref()).is_err()
-        {
+        let contact = (&*token, &*self.cfg.contact_host);
+        let tags = (Some(&up_tag[..]), caller_tag.as_deref());
+        if relayed_rest(w, msg, data, tags, out_cseq, method, contact).is_err() {
             return;
         }
-        w.copy_named(msg, HeaderName::CallId);
-        w.header_with("CSeq", |o| {
-            parser::put_u32(o, out_cseq);
-            o.put_u8(b' ');
-            o.put_slice(method.as_str().as_bytes());
-        });
-        if matches!(method, Method::Invite | Method::Update) {
-            let host = &self.cfg.contact_host;
-            w.header_with("Contact", |o| put_contact(o, &token, host));
-        }
-        w.copy_headers(msg, super::call::end_to_end);
-        w.finish(super::call::body(data, msg));
         let bytes = self.buf.split().freeze();
         match owner {
             None => self.transmits.push_back(super::Transmit {
@@ -402,11 +360,7 @@ impl Engine {
         let Some(call) = self.calls.get(c).filter(|x| x.gen == gen) else {
             return;
         };
-        let token = self
-            .accounts
-            .get(&call.account)
-            .map(|a| a.cfg.token.clone())
-            .unwrap_or_default();
+        let token = self.account_token(call.account);
         let mut h = [EMPTY_HEADER; 64];
         let Ok(req) = parse(&request, &mut h) else {
             return;
@@ -505,4 +459,39 @@ pub(super) fn put_contact(o: &mut BytesMut, token: &str, host: &str) {
     o.put_u8(b'@');
     o.put_slice(host.as_bytes());
     o.put_u8(b'>');
+}
+
+/// The rest of a relayed request after its Via, Route and Max-Forwards:
+/// From and To with this leg's tags (`pn-*` stripped), the Call-ID, this
+/// leg's CSeq, our Contact (`contact` = token, host) where a target
+/// refresh needs one, the end-to-end headers and the body.
+fn relayed_rest(
+    mut w: Writer<'_>,
+    msg: &Message<'_, '_>,
+    data: &[u8],
+    (from_tag, to_tag): (Option<&[u8]>, Option<&[u8]>),
+    out_cseq: u32,
+    method: Method<'_>,
+    (token, host): (&str, &str),
+) -> Result<(), parser::Error> {
+    let from = msg
+        .header(HeaderName::From)
+        .ok_or(parser::Error::MissingHeader(HeaderName::From))?;
+    let to = msg
+        .header(HeaderName::To)
+        .ok_or(parser::Error::MissingHeader(HeaderName::To))?;
+    super::call::put_header(&mut w, "From", from, from_tag)?;
+    super::call::put_header(&mut w, "To", to, to_tag)?;
+    w.copy_named(msg, HeaderName::CallId);
+    w.header_with("CSeq", |o| {
+        parser::put_u32(o, out_cseq);
+        o.put_u8(b' ');
+        o.put_slice(method.as_str().as_bytes());
+    });
+    if matches!(method, Method::Invite | Method::Update) {
+        w.header_with("Contact", |o| put_contact(o, token, host));
+    }
+    w.copy_headers(msg, super::call::end_to_end);
+    w.finish(super::call::body(data, msg));
+    Ok(())
 }
