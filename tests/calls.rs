@@ -1474,11 +1474,14 @@ fn late_wake_and_two_devices_lossy(seeds: impl Iterator<Item = u64>, loss: f64) 
                 _ => None,
             })
             .unwrap();
+        // When sipis accepted the phone's REGISTER (the first 200 it sent).
         let registered = s
-            .events
+            .sent
             .iter()
-            .find(|(_, e)| matches!(e, Event::DeviceSaved { .. }))
-            .map(|(t, _)| *t);
+            .find(|(_, _, d)| {
+                status(d) == Some(200) && cseq(d).is_some_and(|(_, m)| m == "REGISTER")
+            })
+            .map(|(t, _, _)| *t);
         if registered.is_none_or(|t| t >= ended + Duration::from_secs(15)) {
             assert!(pb.invites().is_empty(), "seed {seed}");
             drop(pb);

@@ -430,14 +430,17 @@ impl Engine {
                 uri: r.uri.clone(),
                 expires: now + Duration::from_secs(u64::from(granted)),
             };
-            let i = match idx {
+            // Only a new or changed push target is written to the store: a
+            // woken phone's every REGISTER must not cost a database write.
+            let (i, changed) = match idx {
                 Some(i) => {
                     let d = &mut a.devices[i];
-                    if r.push.is_some() && d.push != r.push {
+                    let changed = r.push.is_some() && d.push != r.push;
+                    if changed {
                         d.push = r.push.clone();
                     }
                     d.binding = Some(binding);
-                    i
+                    (i, changed)
                 }
                 None => {
                     a.devices.push(Device {
@@ -445,11 +448,11 @@ impl Engine {
                         push: r.push.clone(),
                         binding: Some(binding),
                     });
-                    a.devices.len() - 1
+                    (a.devices.len() - 1, true)
                 }
             };
             let d = &a.devices[i];
-            if let Some(p) = &d.push {
+            if let Some(p) = d.push.as_ref().filter(|_| changed) {
                 self.events.push_back(super::Event::DeviceSaved {
                     account: id,
                     device: d.name.to_string(),
