@@ -639,9 +639,20 @@ fn payload_over_the_voip_limit_is_rejected_without_sending() {
 
 #[test]
 fn apns_unreachable_fails_within_the_deadline() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("https://127.0.0.1:{}", closed.local_addr().unwrap().port());
-    drop(closed);
+    // A port that refuses connections and that no other test can take
+    // meanwhile: bound for the whole test, never listening (a released
+    // port may be handed to a stand-in another test starts in parallel).
+    let closed = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    closed
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    let port = closed.local_addr().unwrap().as_socket().unwrap().port();
+    let url = format!("https://127.0.0.1:{port}");
     let w = world_with("down", never, never, never, 3600, |c| {
         c.deadline = Duration::from_millis(800);
         c.apns.as_mut().unwrap().production_url = url;
