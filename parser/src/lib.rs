@@ -85,4 +85,7 @@ pub use reason::Reason;
 pub use stream::{frame, Frame, Limits};
 pub use uri::{Host, Scheme, Uri};
 pub use via::{Via, BRANCH_MAGIC};
-pub use writer::{put_ip, put_param, put_u32, response_to, write_name_addr, write_uri, Writer};
+pub use writer::{
+    put_ip, put_param, put_u32, response_to, write_name_addr, write_name_addr_with, write_uri,
+    Writer,
+};

@@ -333,6 +333,17 @@ pub fn write_name_addr(
     na: &NameAddr<'_>,
     keep_uri_param: impl FnMut(&Param<'_>) -> bool,
 ) {
+    write_name_addr_with(out, na, keep_uri_param, |_| true)
+}
+
+/// [`write_name_addr`] that also filters the header parameters, e.g. to
+/// drop a `tag` a B2BUA replaces with its own leg's.
+pub fn write_name_addr_with(
+    out: &mut BytesMut,
+    na: &NameAddr<'_>,
+    keep_uri_param: impl FnMut(&Param<'_>) -> bool,
+    mut keep_param: impl FnMut(&Param<'_>) -> bool,
+) {
     if let Some(d) = na.display {
         if na.display_quoted {
             out.put_u8(b'"');
@@ -347,7 +358,9 @@ pub fn write_name_addr(
     write_uri(out, &na.uri, keep_uri_param);
     out.put_u8(b'>');
     for p in na.params.iter().map_while(|p| p.ok()) {
-        put_param(out, &p);
+        if keep_param(&p) {
+            put_param(out, &p);
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Push: the unified push protocol between sipis and its mediator.
 //!
-//! A shard's engine emits a [`PushRequest`] (`Engine::poll_push`); the push
+//! A shard's engine emits a domain [`Push`] (`Engine::poll_push`), which the
+//! shard turns into a [`PushRequest`] ([`PushRequest::from_push`]); the push
 //! client (`client`) posts it as JSON over HTTP/1.1 keep-alive to the
 //! mediator (`POST <push.mediator_url>`), which turns it into an APNs or
 //! FCM request (`mediator`) and answers with a [`PushAnswer`]. The
@@ -26,56 +27,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Why a push is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PushKind {
-    /// A call is waiting: wake the app (APNs VoIP push, FCM high-priority data).
-    IncomingCall,
-    /// The call the last `incoming_call` announced ended before the app
-    /// connected (non-VoIP devices; collapsed on the call id).
-    CallCancelled,
-    /// Nobody answered: a visible notification (APNs alert, FCM data).
-    MissedCall,
-}
-
-impl PushKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PushKind::IncomingCall => "incoming_call",
-            PushKind::CallCancelled => "call_cancelled",
-            PushKind::MissedCall => "missed_call",
-        }
-    }
-}
-
-/// Push service of a device (RFC 8599 `pn-provider`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Platform {
-    Apns,
-    Fcm,
-}
-
-impl Platform {
-    /// The `pn-provider` value, `None` for a provider sipis cannot push to.
-    pub fn from_provider(provider: &str) -> Option<Platform> {
-        if provider.eq_ignore_ascii_case("apns") {
-            Some(Platform::Apns)
-        } else if provider.eq_ignore_ascii_case("fcm") {
-            Some(Platform::Fcm)
-        } else {
-            None
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Platform::Apns => "apns",
-            Platform::Fcm => "fcm",
-        }
-    }
-}
+// The engine's push enums are the protocol's (snake_case on the wire), and
+// the outcome the client reports back is the engine's input as it is.
+pub use sipis_engine::push::{Platform, Push, PushKind, PushOutcome, PushResult};
 
 /// APNs environment of a device token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -134,30 +88,29 @@ pub struct PushRequest {
     pub timestamp_ms: u64,
 }
 
-/// What the mediator made of a push.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PushResult {
-    /// Accepted by APNs/FCM.
-    Sent,
-    /// The token is dead (APNs 410 `Unregistered`, FCM `UNREGISTERED`, or
-    /// `BadDeviceToken` in both environments): sipis removes the device.
-    TokenDead,
-    /// Not delivered, worth trying again later (429/5xx past the deadline,
-    /// connection failures).
-    Failed,
-    /// Never deliverable as sent (payload too large, bad topic, provider
-    /// credentials rejected): a configuration problem, not the device's.
-    Rejected,
-}
-
-impl PushResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PushResult::Sent => "sent",
-            PushResult::TokenDead => "token_dead",
-            PushResult::Failed => "failed",
-            PushResult::Rejected => "rejected",
+impl PushRequest {
+    /// The wire form of an engine's push, stamped `timestamp_ms` (Unix
+    /// milliseconds) when the shard hands it over.
+    pub fn from_push(p: Push, timestamp_ms: u64) -> PushRequest {
+        PushRequest {
+            id: p.id,
+            kind: p.kind,
+            account: p.account,
+            device: PushDevice {
+                id: p.device,
+                platform: p.platform,
+                token: p.token,
+                topic: p.topic,
+                environment: Environment::Production,
+            },
+            call: PushCall {
+                call_id: p.call_id,
+                caller_uri: p.caller_uri,
+                caller_name: p.caller_name,
+                callee: p.callee,
+                reason: p.reason.map(|o| o.push_reason().to_owned()),
+            },
+            timestamp_ms,
         }
     }
 }
@@ -176,17 +129,6 @@ pub struct PushAnswer {
     pub environment: Option<Environment>,
     /// What went wrong, for the log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// What the push client reports back to the engine for one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PushOutcome {
-    /// [`PushRequest::id`].
-    pub id: String,
-    pub account: u64,
-    pub device: String,
-    pub result: PushResult,
     pub error: Option<String>,
 }
 

@@ -10,6 +10,7 @@
 use super::shard_of;
 use crate::parser::{parse, Message, Uri, EMPTY_HEADER};
 use crate::{AccountConfig, AccountId};
+use sipis_engine::aor_key;
 
 /// The routing keys of one account: its token key and AOR key.
 type Keys = (Box<[u8]>, Option<Box<[u8]>>);
@@ -104,18 +105,6 @@ fn token_key(token: &[u8]) -> Box<[u8]> {
     k.extend_from_slice(b"t:");
     k.extend_from_slice(token);
     k.into_boxed_slice()
-}
-
-/// `a:user@host`, host lower-cased (host names are case-insensitive, user
-/// parts are not: RFC 3261 §19.1.4).
-fn aor_key(uri: &Uri<'_>) -> Option<Box<[u8]>> {
-    let user = uri.user?;
-    let mut k = Vec::with_capacity(user.len() + uri.host_raw.len() + 3);
-    k.extend_from_slice(b"a:");
-    k.extend_from_slice(user);
-    k.push(b'@');
-    k.extend(uri.host_raw.iter().map(u8::to_ascii_lowercase));
-    Some(k.into_boxed_slice())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use super::{Control, EventSink, Router, ShardMetrics};
 use crate::engine::{Engine, EngineConfig, Event, Flow};
+use crate::push::PushRequest;
 use crate::store::{CallOutcomeRecord, DeviceRecord};
 use crate::RegStatus;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
@@ -298,9 +299,8 @@ async fn flush(engine: &RefCell<Engine>, sock: &Sockets, sink: &dyn EventSink) {
                 }),
             }
         }
-        while let Some(mut p) = e.poll_push() {
-            p.timestamp_ms = unix_ms();
-            sink.push(p);
+        while let Some(p) = e.poll_push() {
+            sink.push(PushRequest::from_push(p, unix_ms()));
         }
     }
     for t in out.drain(..) {

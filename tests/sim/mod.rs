@@ -276,7 +276,10 @@ impl Sim {
             }
             while let Some(p) = self.engine.poll_push() {
                 busy = true;
-                self.mediator.take(self.now, p);
+                // What the shard would post: the push's wire form (the
+                // simulation has no wall clock to stamp).
+                self.mediator
+                    .take(self.now, sipis::push::PushRequest::from_push(p, 0));
             }
             if !busy {
                 return;

@@ -98,7 +98,7 @@
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! # use sipis::TimerWheel;
+//! # use sipis_engine::TimerWheel;
 //!
 //! let start = Instant::now();
 //! let mut wheel = TimerWheel::new(start);

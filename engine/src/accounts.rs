@@ -1,0 +1,561 @@
+//! The accounts of a shard and their registrations on behalf (upstream):
+//! lookups by id, Contact token and AOR, the REGISTER send queue and its
+//! rate limiter, and the wheel timer of each account's next REGISTER.
+//!
+//! Each account's registration state machine (digest, refresh, back-off,
+//! 423) is a [`Registration`]; this part schedules it and turns what it
+//! wants into REGISTER transactions.
+
+use crate::context::{Context, Timer};
+use crate::registration::{
+    AccountConfig, AccountId, Next, RegError, RegStatus, Registration, RegistrationConfig,
+    SavedRegistration,
+};
+use crate::transaction::{Kind, TxKey};
+use crate::transactions::{Transactions, TxOwner};
+use crate::wheel::TimerHandle;
+use crate::{EngineConfig, Event, Flow};
+use sipis_parser::{Message, Method, Uri};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// `a:user@host`, host lower-cased (host names are case-insensitive, user
+/// parts are not: RFC 3261 §19.1.4). The key of every AOR lookup: the
+/// engine's and the shell's router alike.
+pub fn aor_key(uri: &Uri<'_>) -> Option<Box<[u8]>> {
+    let user = uri.user?;
+    let mut k = Vec::with_capacity(user.len() + uri.host_raw.len() + 3);
+    k.extend_from_slice(b"a:");
+    k.extend_from_slice(user);
+    k.push(b'@');
+    k.extend(uri.host_raw.iter().map(u8::to_ascii_lowercase));
+    Some(k.into_boxed_slice())
+}
+
+/// The AOR key of an account's configured AOR text.
+pub fn aor_key_of(aor: &str) -> Option<Box<[u8]>> {
+    aor_key(&Uri::parse(aor.as_bytes()).ok()?)
+}
+
+/// One account.
+pub(crate) struct Account {
+    pub cfg: AccountConfig,
+    pub reg: Registration,
+    /// The wheel timer of its next REGISTER.
+    timer: Option<TimerHandle>,
+    /// The REGISTER transaction in flight.
+    tx: Option<usize>,
+    /// Whether it sits in the send queue.
+    queued: bool,
+}
+
+/// What the accounts part needs of the engine's configuration.
+struct Settings {
+    via: String,
+    contact_host: String,
+    register_rate: u32,
+    register_burst: u32,
+    registration: RegistrationConfig,
+}
+
+/// The accounts of one shard.
+pub(crate) struct Accounts {
+    settings: Settings,
+    /// Boxed: the table then holds 16-byte slots, so its power-of-two
+    /// growth does not leave hundreds of bytes empty per account.
+    accounts: HashMap<AccountId, Box<Account>>,
+    by_token: HashMap<Box<str>, AccountId>,
+    /// AOR key → account (phones registering, proxy-mode calls).
+    by_aor: HashMap<Box<[u8]>, AccountId>,
+    /// Accounts waiting for a REGISTER slot, served in order.
+    send_queue: VecDeque<AccountId>,
+    /// GCRA theoretical arrival time of the next REGISTER.
+    rate_tat: Instant,
+    rate_timer: Option<TimerHandle>,
+}
+
+impl Accounts {
+    pub fn new(cfg: &EngineConfig, now: Instant) -> Accounts {
+        Accounts {
+            settings: Settings {
+                via: cfg.via.clone(),
+                contact_host: cfg.contact_host.clone(),
+                register_rate: cfg.register_rate,
+                register_burst: cfg.register_burst,
+                registration: cfg.registration.clone(),
+            },
+            accounts: HashMap::new(),
+            by_token: HashMap::new(),
+            by_aor: HashMap::new(),
+            send_queue: VecDeque::new(),
+            rate_tat: now,
+            rate_timer: None,
+        }
+    }
+
+    // ---- lookups ------------------------------------------------------------
+
+    pub fn get(&self, id: AccountId) -> Option<&Account> {
+        self.accounts.get(&id).map(|a| &**a)
+    }
+
+    pub fn len(&self) -> usize {
+        self.accounts.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (AccountId, &Account)> {
+        self.accounts.iter().map(|(id, a)| (*id, &**a))
+    }
+
+    /// The account a Contact token routes to.
+    pub fn by_token(&self, token: &[u8]) -> Option<AccountId> {
+        std::str::from_utf8(token)
+            .ok()
+            .and_then(|t| self.by_token.get(t))
+            .copied()
+    }
+
+    /// The account whose AOR is `uri`.
+    pub fn by_aor(&self, uri: &Uri<'_>) -> Option<AccountId> {
+        aor_key(uri).and_then(|k| self.by_aor.get(&k).copied())
+    }
+
+    /// The account an incoming request is for: its Request-URI user is an
+    /// account's Contact token (the provider calling), else its
+    /// Request-URI or To names the AOR of an account in proxy mode (no
+    /// registrar: calls reach sipis by routing).
+    pub fn of_request(&self, msg: &Message<'_, '_>) -> Option<AccountId> {
+        let uri = msg.uri().ok()?;
+        if let Some(id) = uri.user.and_then(|u| self.by_token(u)) {
+            return Some(id);
+        }
+        let proxy = |id: &AccountId| {
+            self.accounts
+                .get(id)
+                .is_some_and(|a| a.cfg.registrar.is_none())
+        };
+        if let Some(id) = self.by_aor(&uri).filter(proxy) {
+            return Some(id);
+        }
+        self.by_aor(&msg.to().ok()?.uri).filter(proxy)
+    }
+
+    // ---- provisioning ---------------------------------------------------------
+
+    /// Adds an account, or updates it if the id exists; its first REGISTER
+    /// goes out through the rate limiter.
+    pub fn add(
+        &mut self,
+        ctx: &mut Context,
+        txs: &mut Transactions,
+        now: Instant,
+        cfg: AccountConfig,
+        saved: Option<SavedRegistration>,
+    ) {
+        if self.accounts.contains_key(&cfg.id) {
+            return self.update(ctx, txs, now, cfg);
+        }
+        let reg = Registration::new(
+            &cfg,
+            saved.as_ref(),
+            &self.settings.contact_host,
+            &mut ctx.rng,
+        );
+        let id = cfg.id;
+        self.by_token.insert(cfg.token.clone().into_boxed_str(), id);
+        if let Some(k) = aor_key_of(&cfg.aor) {
+            self.by_aor.insert(k, id);
+        }
+        let wants = cfg.registrar.is_some();
+        self.accounts.insert(
+            id,
+            Box::new(Account {
+                cfg,
+                reg,
+                timer: None,
+                tx: None,
+                queued: false,
+            }),
+        );
+        if wants {
+            self.enqueue(id, false);
+            self.drain(ctx, txs, now);
+        }
+    }
+
+    /// Replaces an account's configuration; a changed password, registrar
+    /// or expiry starts a fresh registration attempt.
+    pub fn update(
+        &mut self,
+        ctx: &mut Context,
+        txs: &mut Transactions,
+        now: Instant,
+        cfg: AccountConfig,
+    ) {
+        let id = cfg.id;
+        let Some(a) = self.accounts.get_mut(&id) else {
+            return self.add(ctx, txs, now, cfg, None);
+        };
+        if a.cfg == cfg {
+            return;
+        }
+        if a.cfg.token != cfg.token {
+            self.by_token.remove(a.cfg.token.as_str());
+            self.by_token.insert(cfg.token.clone().into_boxed_str(), id);
+        }
+        if a.cfg.aor != cfg.aor {
+            if let Some(k) = aor_key_of(&a.cfg.aor) {
+                self.by_aor.remove(&k);
+            }
+            if let Some(k) = aor_key_of(&cfg.aor) {
+                self.by_aor.insert(k, id);
+            }
+        }
+        a.cfg = cfg;
+        let before = a.reg.status();
+        let next = a.reg.reconfigure(&a.cfg);
+        self.status_event(ctx, id, before);
+        self.schedule(ctx, txs, now, id, next);
+    }
+
+    /// Removes an account; a live binding is unregistered (Expires: 0) on
+    /// the way out, best effort.
+    pub fn remove(
+        &mut self,
+        ctx: &mut Context,
+        txs: &mut Transactions,
+        now: Instant,
+        id: AccountId,
+    ) -> bool {
+        let Some(mut a) = self.accounts.remove(&id) else {
+            return false;
+        };
+        self.by_token.remove(a.cfg.token.as_str());
+        if let Some(k) = aor_key_of(&a.cfg.aor) {
+            self.by_aor.remove(&k);
+        }
+        ctx.cancel(a.timer.take());
+        if let Some(tx) = a.tx.take() {
+            txs.disown_client(tx);
+        }
+        if matches!(a.reg.status(), RegStatus::Registered { .. }) {
+            a.reg.unregister();
+            self.send_register(ctx, txs, now, &mut a, TxOwner::None);
+        }
+        true
+    }
+
+    /// Removes an account's binding but keeps the account.
+    pub fn unregister(
+        &mut self,
+        ctx: &mut Context,
+        txs: &mut Transactions,
+        now: Instant,
+        id: AccountId,
+    ) -> bool {
+        let Some(a) = self.accounts.get_mut(&id) else {
+            return false;
+        };
+        let next = a.reg.unregister();
+        self.schedule(ctx, txs, now, id, next);
+        true
+    }
+
+    /// The accounts whose binding is live.
+    pub fn registered(&self) -> Vec<AccountId> {
+        self.accounts
+            .iter()
+            .filter(|(_, a)| matches!(a.reg.status(), RegStatus::Registered { .. }))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    // ---- inputs ---------------------------------------------------------------
+
+    /// The final (or challenging) response to an account's REGISTER.
+    pub fn on_response(
+        &mut self,
+        ctx: &mut Context,
+        txs: &mut Transactions,
+        now: Instant,
+        id: AccountId,
+        msg: &Message<'_, '_>,
+    ) {
+        let Some(a) = self.accounts.get_mut(&id) else {
+            return;
+        };
+        a.tx = None;
+        let before = a.reg.status();
+        let next = a
+            .reg
+            .on_response(now, &a.cfg, &self.settings.registration, msg, &mut ctx.rng);
+        match a.reg.status() {
+            RegStatus::Registered { .. } => {
+                ctx.stats.register_ok += 1;
+                // The granted lifetime is part of what a restart restores.
+                ctx.events.push_back(Event::SaveRegistration {
+                    account: id,
+                    saved: a.reg.saved(),
+                });
+            }
+            RegStatus::Failed { .. } | RegStatus::Retrying { .. } => ctx.stats.register_failed += 1,
+            _ => {}
+        }
+        self.status_event(ctx, id, before);
+        self.schedule(ctx, txs, now, id, next);
+    }
+
+    /// An account's REGISTER got no answer or could not be sent.
+    pub fn on_failure(
+        &mut self,
+        ctx: &mut Context,
+        txs: &mut Transactions,
+        now: Instant,
+        id: AccountId,
+        error: RegError,
+    ) {
+        let Some(a) = self.accounts.get_mut(&id) else {
+            return;
+        };
+        a.tx = None;
+        let before = a.reg.status();
+        let next = a
+            .reg
+            .on_failure(now, &self.settings.registration, error, &mut ctx.rng);
+        ctx.stats.register_failed += 1;
+        self.status_event(ctx, id, before);
+        self.schedule(ctx, txs, now, id, next);
+    }
+
+    /// The REGISTER transaction in `slot` is over.
+    pub fn tx_ended(&mut self, id: AccountId, slot: usize) {
+        if let Some(a) = self.accounts.get_mut(&id) {
+            if a.tx == Some(slot) {
+                a.tx = None;
+            }
+        }
+    }
+
+    /// An account's REGISTER timer fired: it joins the send queue.
+    pub fn on_timer(&mut self, id: AccountId) {
+        if let Some(a) = self.accounts.get_mut(&id) {
+            a.timer = None;
+            self.enqueue(id, false);
+        }
+    }
+
+    /// The rate limiter's timer fired.
+    pub fn on_rate_timer(&mut self) {
+        self.rate_timer = None;
+    }
+
+    // ---- scheduling -------------------------------------------------------------
+
+    fn schedule(
+        &mut self,
+        ctx: &mut Context,
+        txs: &mut Transactions,
+        now: Instant,
+        id: AccountId,
+        next: Next,
+    ) {
+        let Some(a) = self.accounts.get_mut(&id) else {
+            return;
+        };
+        ctx.cancel(a.timer.take());
+        match next {
+            Next::Idle => {}
+            Next::SendNow => {
+                self.enqueue(id, true);
+                self.drain(ctx, txs, now);
+            }
+            Next::SendAt(at) => a.timer = Some(ctx.wheel.insert(at, Timer::Register(id))),
+        }
+    }
+
+    fn enqueue(&mut self, id: AccountId, front: bool) {
+        let Some(a) = self.accounts.get_mut(&id) else {
+            return;
+        };
+        if a.queued {
+            return;
+        }
+        a.queued = true;
+        if front {
+            self.send_queue.push_front(id);
+        } else {
+            self.send_queue.push_back(id);
+        }
+    }
+
+    /// Sends queued REGISTERs as the rate allows (GCRA: one every
+    /// `1/register_rate`, up to `register_burst` back to back), then arms a
+    /// timer for when the next one may go.
+    pub fn drain(&mut self, ctx: &mut Context, txs: &mut Transactions, now: Instant) {
+        let interval = Duration::from_secs(1) / self.settings.register_rate.max(1);
+        let tolerance = interval * self.settings.register_burst.saturating_sub(1);
+        while let Some(&id) = self.send_queue.front() {
+            let tat = self.rate_tat.max(now);
+            if tat > now + tolerance {
+                if self.rate_timer.is_none() {
+                    self.rate_timer = Some(ctx.wheel.insert(tat - tolerance, Timer::RateLimit));
+                }
+                return;
+            }
+            self.send_queue.pop_front();
+            let Some(mut a) = self.accounts.remove(&id) else {
+                continue;
+            };
+            a.queued = false;
+            if a.tx.is_none() && a.cfg.registrar.is_some() {
+                self.rate_tat = tat + interval;
+                self.send_register(ctx, txs, now, &mut a, TxOwner::Register(id));
+            }
+            self.accounts.insert(id, a);
+        }
+    }
+
+    fn send_register(
+        &mut self,
+        ctx: &mut Context,
+        txs: &mut Transactions,
+        now: Instant,
+        a: &mut Account,
+        owner: TxOwner,
+    ) {
+        let Some(dest) = a.cfg.registrar.as_ref().map(|r| r.addr) else {
+            return;
+        };
+        let branch = ctx.new_branch();
+        ctx.buf.clear();
+        let before = a.reg.status();
+        let s = &self.settings;
+        if a.reg
+            .write_register(
+                &a.cfg,
+                &s.via,
+                &s.contact_host,
+                &branch,
+                &s.registration.user_agent,
+                &mut ctx.buf,
+            )
+            .is_err()
+        {
+            return;
+        }
+        let bytes = ctx.buf.split().freeze();
+        let key = TxKey::for_request(branch.as_bytes(), s.via.as_bytes(), Method::Register);
+        ctx.stats.registers_sent += 1;
+        if let TxOwner::Register(id) = owner {
+            ctx.events.push_back(Event::SaveRegistration {
+                account: id,
+                saved: a.reg.saved(),
+            });
+            if before != a.reg.status() {
+                ctx.events.push_back(Event::Registration {
+                    account: id,
+                    status: a.reg.status(),
+                });
+            }
+        }
+        let slot = txs.start_client(
+            ctx,
+            now,
+            bytes,
+            key,
+            dest,
+            Flow::Udp,
+            Kind::NonInvite,
+            owner,
+        );
+        if matches!(owner, TxOwner::Register(_)) {
+            a.tx = Some(slot);
+        }
+    }
+
+    fn status_event(&self, ctx: &mut Context, id: AccountId, before: RegStatus) {
+        if let Some(a) = self.accounts.get(&id) {
+            let status = a.reg.status();
+            if status != before {
+                ctx.events.push_back(Event::Registration {
+                    account: id,
+                    status,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registration::{AccountSecret, Registrar};
+    use crate::transaction::TimerConfig;
+
+    fn account(id: AccountId) -> AccountConfig {
+        AccountConfig {
+            id,
+            aor: format!("sip:user{id}@Provider.Example"),
+            auth_user: format!("user{id}"),
+            secret: AccountSecret::Password("pw".into()),
+            registrar: Some(Registrar {
+                uri: "sip:provider.example".into(),
+                addr: "192.0.2.10:5060".parse().unwrap(),
+                outbound_proxy: None,
+            }),
+            expires: 3600,
+            token: format!("tok{id}"),
+        }
+    }
+
+    #[test]
+    fn accounts_are_found_by_token_and_case_insensitive_host() {
+        let now = Instant::now();
+        let mut ctx = Context::new(1, now);
+        let mut txs = Transactions::new(TimerConfig::default());
+        let mut accts = Accounts::new(&EngineConfig::default(), now);
+        accts.add(&mut ctx, &mut txs, now, account(5), None);
+        assert_eq!(accts.by_token(b"tok5"), Some(5));
+        assert_eq!(accts.by_token(b"tok6"), None);
+        let uri = Uri::parse(b"sip:user5@provider.EXAMPLE").unwrap();
+        assert_eq!(accts.by_aor(&uri), Some(5));
+        // User parts are case-sensitive (RFC 3261 §19.1.4).
+        let uri = Uri::parse(b"sip:USER5@provider.example").unwrap();
+        assert_eq!(accts.by_aor(&uri), None);
+        assert!(accts.remove(&mut ctx, &mut txs, now, 5));
+        assert_eq!(accts.by_token(b"tok5"), None);
+    }
+
+    #[test]
+    fn registers_leave_at_the_configured_rate_after_the_burst() {
+        let now = Instant::now();
+        let mut ctx = Context::new(1, now);
+        let mut txs = Transactions::new(TimerConfig::default());
+        let cfg = EngineConfig {
+            register_rate: 10,
+            register_burst: 3,
+            ..EngineConfig::default()
+        };
+        let mut accts = Accounts::new(&cfg, now);
+        for id in 0..10 {
+            accts.add(&mut ctx, &mut txs, now, account(id), None);
+        }
+        // The burst goes at once, the rest waits for the limiter.
+        assert_eq!(ctx.stats.registers_sent, 3);
+        let mut sent_by = vec![];
+        let mut t = now;
+        for _ in 0..10 {
+            t += Duration::from_millis(100);
+            while let Some((_, timer)) = ctx.wheel.poll_expired(t) {
+                if let Timer::RateLimit = timer {
+                    accts.on_rate_timer();
+                }
+            }
+            accts.drain(&mut ctx, &mut txs, t);
+            sent_by.push(ctx.stats.registers_sent);
+        }
+        // One more every 100 ms (10/s) until all ten are out.
+        assert_eq!(sent_by, vec![4, 5, 6, 7, 8, 9, 10, 10, 10, 10]);
+        assert_eq!(txs.counts().0, 10);
+    }
+}

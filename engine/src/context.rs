@@ -1,0 +1,110 @@
+//! What every part of the engine writes to: the timer wheel, the PRNG, a
+//! scratch buffer, the output queues and the counters.
+//!
+//! The parts ([`Transactions`](crate::transactions::Transactions),
+//! [`Accounts`](crate::accounts::Accounts),
+//! [`Registrar`](crate::registrar::Registrar),
+//! [`Calls`](crate::calls::Calls)) own their own tables; they share this
+//! one context, which [`Engine`](crate::Engine) lends to whichever part an
+//! input is routed to.
+
+use crate::calls::CallTimer;
+use crate::registration::AccountId;
+use crate::rng::Rng;
+use crate::wheel::{TimerHandle, TimerWheel};
+use crate::{Event, Stats, Transmit};
+use bytes::BytesMut;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Every timer of a shard, in one wheel: what fires and for whom.
+///
+/// Slots carry a generation: a slab slot reused after its owner went is
+/// not woken by the old owner's timer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Timer {
+    /// A client transaction's next deadline (RFC 3261 §17.1: A, B, D, E,
+    /// F, K, M).
+    Client(usize, u64),
+    /// A server transaction's next deadline (RFC 3261 §17.2: G, H, I, J, L).
+    Server(usize, u64),
+    /// An account's next REGISTER (refresh before expiry, or a retry).
+    Register(AccountId),
+    /// The REGISTER rate limiter allows the next send.
+    RateLimit,
+    /// A call's timer (device wait, purge, CANCEL guard, 2xx retransmission).
+    Call(usize, u64, CallTimer),
+}
+
+/// The shared state the parts write to.
+pub(crate) struct Context {
+    pub rng: Rng,
+    pub wheel: TimerWheel<Timer>,
+    /// Scratch space every message is written into, then split off.
+    pub buf: BytesMut,
+    pub transmits: VecDeque<Transmit>,
+    pub events: VecDeque<Event>,
+    pub stats: Stats,
+    generation: u64,
+}
+
+impl Context {
+    pub fn new(seed: u64, now: Instant) -> Context {
+        Context {
+            rng: Rng::new(seed),
+            wheel: TimerWheel::new(now),
+            buf: BytesMut::with_capacity(64 * 1024),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            generation: 0,
+        }
+    }
+
+    /// A number never handed out before on this shard: tells a slab slot's
+    /// owner from a later one's.
+    pub fn next_generation(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    /// A fresh RFC 3261 branch (`z9hG4bK` + 16 hex digits, §8.1.1.7).
+    pub fn new_branch(&mut self) -> String {
+        let mut branch = String::with_capacity(24);
+        branch.push_str("z9hG4bK");
+        self.rng.hex_into(&mut branch, 16);
+        branch
+    }
+
+    /// A fresh tag (RFC 3261 §19.3: at least 32 bits of randomness).
+    pub fn new_tag(&mut self) -> String {
+        let mut tag = String::with_capacity(12);
+        self.rng.hex_into(&mut tag, 12);
+        tag
+    }
+
+    /// Moves a wheel timer to its new deadline (or drops it).
+    pub fn rearm(
+        &mut self,
+        timer: Option<TimerHandle>,
+        deadline: Option<Instant>,
+        what: Timer,
+    ) -> Option<TimerHandle> {
+        match (timer, deadline) {
+            (Some(t), Some(d)) if self.wheel.reschedule(t, d) => Some(t),
+            (Some(t), None) => {
+                self.wheel.cancel(t);
+                None
+            }
+            (_, Some(d)) => Some(self.wheel.insert(d, what)),
+            (None, None) => None,
+        }
+    }
+
+    /// Cancels a timer if there is one.
+    pub fn cancel(&mut self, timer: Option<TimerHandle>) {
+        if let Some(t) = timer {
+            self.wheel.cancel(t);
+        }
+    }
+}

@@ -1,0 +1,655 @@
+//! # sipis-engine — the sans-IO SIP engine of one sipis shard
+//!
+//! [`Engine`] holds everything a shard knows — its accounts and their
+//! registrations, the phones' devices, the transactions and calls in
+//! flight, the timer wheel — as plain data. It never touches a socket or
+//! reads a clock: time comes in as `now` with every input, and what it
+//! wants done comes out of `poll_*` methods. This is quinn-proto's model,
+//! and what lets every flow be tested deterministically with a simulated
+//! clock and network (`tests/sim` in the server crate). The crate depends
+//! on the SIP parser and nothing that does I/O; the compiler keeps it so.
+//!
+//! ## Data flow
+//!
+//! ```text
+//!  handle_datagram(now, from, flow, bytes)
+//!        │ sipis_parser::parse (zero-copy)
+//!        ▼
+//!  Transactions ── retransmission / ACK of a non-2xx? absorbed ──▶ transmits
+//!        │ new request: server transaction opened   │ response: its client transaction
+//!        ▼                                          ▼
+//!  Engine (routes by method and owner)      TxOwner::Register ─▶ Accounts
+//!   ├─ REGISTER ─────────▶ Registrar ── devices up ──▶ Calls::device_ready
+//!   ├─ INVITE ───────────▶ Calls (pending-call map, pushes, legs)
+//!   ├─ CANCEL, ACK, in-dialog ─▶ Calls (relay, late wake)
+//!   └─ OPTIONS / others ─▶ answered here
+//!  handle_timeout(now) ─ TimerWheel ─▶ Transactions / Accounts / Calls
+//!  handle_push_result(now, outcome) ─▶ Calls (and Registrar for dead tokens)
+//!        │
+//!        ▼ outputs, drained by the shell after every input
+//!  poll_transmit → Transmit     poll_event → Event (store, metrics)
+//!  poll_push → Push             poll_timeout → next deadline
+//! ```
+//!
+//! ## Parts
+//!
+//! - [`Engine`] (this file) — the coordinator: owns the parts below and
+//!   routes each input to the part it is for.
+//! - `context` — what every part writes to: timer wheel, PRNG, scratch
+//!   buffer, output queues, counters.
+//! - `transactions` — the RFC 3261 §17 layer: client and server
+//!   transactions by key, their timers, who owns each client transaction;
+//!   the state machines themselves are in `transaction`.
+//! - `accounts` — provisioned accounts, lookups by id / Contact token /
+//!   AOR, the REGISTER send queue and rate limiter; each account's
+//!   registration on behalf is a `registration::Registration`.
+//! - `registrar` — the phones' registrar: digest with the account's
+//!   credentials, RFC 8599 push devices and SIP bindings.
+//! - `calls` — incoming calls: the pending-call map, pushes, legs to
+//!   woken devices (an explicit `LegState`), endings, and **the late wake**
+//!   (`calls` module doc; `Calls::device_ready` starts it, `cancel_leg`
+//!   and `late_reason` end it; tests `late_wake_*` in `tests/calls.rs`).
+//! - `relay` — the B2BUA relay of in-dialog requests, CANCEL and the ACK
+//!   of a 2xx between the caller's leg and a phone's.
+//! - `dialog` — an RFC 3261 §12 dialog per leg, built once, from which
+//!   every request sipis originates in it is written.
+//! - `request` — the request skeleton every originated request starts
+//!   with, and the B2BUA's header rules.
+//! - [`push`] — the domain pushes the engine emits ([`Push`]) and the
+//!   outcomes it takes back ([`PushOutcome`]).
+//! - [`SipError`] — every refusal, with its status code, reason and headers.
+//! - [`wheel`], [`digest`], `rng` — the timer wheel, digest authentication
+//!   (RFC 7616/8760), identifiers.
+//!
+//! ## Driving it
+//!
+//! ```text
+//! loop {
+//!     // 1. inputs, each with the current time
+//!     engine.handle_datagram(now, from, flow, &bytes);   // a packet arrived
+//!     engine.handle_timeout(now);                        // a deadline passed
+//!     engine.handle_push_result(now, outcome);           // a push was answered
+//!     engine.add_account(now, cfg, saved);               // provisioning
+//!     // 2. outputs, drained until empty after every input
+//!     while let Some(t) = engine.poll_transmit() { socket.send_to(&t.payload, t.dest) }
+//!     while let Some(e) = engine.poll_event() { store / metrics }
+//!     while let Some(p) = engine.poll_push() { push client / mediator }
+//!     // 3. sleep until engine.poll_timeout() or the next packet
+//! }
+//! ```
+
+mod accounts;
+mod calls;
+mod context;
+mod dialog;
+pub mod digest;
+mod error;
+pub mod push;
+mod registrar;
+mod registration;
+mod relay;
+mod request;
+mod rng;
+pub mod transaction;
+mod transactions;
+pub mod wheel;
+
+pub use accounts::{aor_key, aor_key_of};
+pub use calls::{CallConfig, CallLatency, Outcome, BUSY_EVERYWHERE, COMPLETED_ELSEWHERE};
+pub use error::SipError;
+pub use push::{Platform, Push, PushKind, PushOutcome, PushResult};
+pub use registrar::DeviceInfo;
+pub use registration::{
+    refresh_delay, AccountConfig, AccountId, AccountSecret, RegError, RegStatus, Registrar,
+    RegistrationConfig, SavedRegistration,
+};
+pub use rng::Rng;
+pub use transaction::{
+    ClientEvent, ClientState, ClientTransaction, Kind, Pass, ServerEvent, ServerState,
+    ServerTransaction, TimerConfig, TxKey, TxTimer,
+};
+pub use wheel::{TimerHandle, TimerWheel};
+
+use bytes::Bytes;
+use calls::{Calls, Env, Hosts};
+use context::{Context, Timer};
+use hdrhistogram::Histogram;
+use sipis_parser::{self as parser, parse, Message, Method, EMPTY_HEADER};
+use std::net::SocketAddr;
+use std::time::Instant;
+use transactions::{respond_stateless, Transactions, TxOwner};
+
+/// How a message arrived or must leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flow {
+    /// This shard's UDP socket (upstream: the provider's side).
+    Udp,
+    /// The public UDP port shared by all shards (phones' side): replies
+    /// leave from that port so they pass the phone's NAT.
+    SharedUdp,
+    /// A TCP/TLS connection of the front, by its id.
+    Stream(u64),
+}
+
+/// A message for the shell to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub dest: SocketAddr,
+    pub flow: Flow,
+    pub payload: Bytes,
+}
+
+/// Things the shell should know about: for the store and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An account's registration changed state.
+    Registration {
+        account: AccountId,
+        status: RegStatus,
+    },
+    /// Persist this (sent with every REGISTER: the CSeq moved).
+    SaveRegistration {
+        account: AccountId,
+        saved: SavedRegistration,
+    },
+    /// A datagram could not be parsed (counted, answered 400 when possible).
+    ParseError {
+        from: SocketAddr,
+        error: parser::Error,
+    },
+    /// A phone registered a push device (or moved its token): persist it.
+    DeviceSaved {
+        account: AccountId,
+        device: String,
+        provider: String,
+        prid: String,
+        param: Option<String>,
+    },
+    /// A device is gone (explicit unregister, or its token is dead).
+    DeviceRemoved { account: AccountId, device: String },
+    /// A call's outcome is decided: one durable row per call.
+    CallOutcome {
+        account: AccountId,
+        call_id: String,
+        caller: String,
+        outcome: Outcome,
+        reason: Option<String>,
+        started: Instant,
+        ended: Instant,
+    },
+}
+
+/// Engine tunables.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// RFC 3261 T1, T2, T4.
+    pub timers: TimerConfig,
+    /// Via sent-by of this shard's socket, `host:port`.
+    pub via: String,
+    /// Public `host:port` written in Contacts (what the provider reaches).
+    pub contact_host: String,
+    /// Most REGISTERs this shard sends per second (new cycles, refreshes,
+    /// retries and challenge answers alike), so a restart with 100 000
+    /// accounts does not flood the provider.
+    pub register_rate: u32,
+    /// REGISTERs that may go out back to back before the rate applies.
+    pub register_burst: u32,
+    pub registration: RegistrationConfig,
+    /// Seed of the engine's PRNG (branches, tags, jitter, nonce key).
+    pub seed: u64,
+    /// Public `host:port` of the phones' (shared) port, written in the
+    /// Contact of requests to phones.
+    pub phone_contact_host: String,
+    /// Incoming calls and the phones' registrar.
+    pub calls: CallConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            timers: TimerConfig::default(),
+            via: "127.0.0.1:5060".into(),
+            contact_host: "127.0.0.1:5060".into(),
+            register_rate: 200,
+            register_burst: 10,
+            registration: RegistrationConfig::default(),
+            seed: 0x5151_5151,
+            phone_contact_host: "127.0.0.1:5060".into(),
+            calls: CallConfig::default(),
+        }
+    }
+}
+
+/// Counters for `/metrics`; monotonic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub datagrams: u64,
+    pub parse_errors: u64,
+    pub registers_sent: u64,
+    pub register_ok: u64,
+    pub register_failed: u64,
+    pub client_tx_timeouts: u64,
+    pub server_tx: u64,
+    pub stray_responses: u64,
+    /// REGISTERs from phones (all, challenged ones included).
+    pub phone_registers: u64,
+    /// Phone REGISTERs refused with 403 (wrong credentials).
+    pub phone_auth_failures: u64,
+    /// INVITEs that started a call.
+    pub calls: u64,
+    pub calls_answered: u64,
+    /// Calls that ended without an answer (no response, caller hung up,
+    /// no device reachable).
+    pub calls_missed: u64,
+    /// Pushes handed to the mediator.
+    pub pushes_requested: u64,
+    pub pushes_sent: u64,
+    pub pushes_failed: u64,
+    pub pushes_token_dead: u64,
+    /// Late-wake INVITEs sent, and those completed with CANCEL + 487.
+    pub late_wakes: u64,
+    pub late_wakes_completed: u64,
+}
+
+/// One shard's SIP engine. See the crate doc for how to drive it.
+pub struct Engine {
+    cfg: EngineConfig,
+    ctx: Context,
+    txs: Transactions,
+    accounts: accounts::Accounts,
+    registrar: registrar::Registrar,
+    calls: Calls,
+}
+
+/// Lends the calls part what it uses of the others.
+macro_rules! env {
+    ($e:expr) => {
+        &mut Env {
+            ctx: &mut $e.ctx,
+            txs: &mut $e.txs,
+            accounts: &$e.accounts,
+            devices: &$e.registrar,
+        }
+    };
+}
+
+impl Engine {
+    /// A new engine; `now` anchors its timer wheel.
+    pub fn new(cfg: EngineConfig, now: Instant) -> Engine {
+        let hosts = Hosts {
+            via: cfg.via.clone(),
+            contact: cfg.contact_host.clone(),
+            phone_contact: cfg.phone_contact_host.clone(),
+        };
+        Engine {
+            ctx: Context::new(cfg.seed, now),
+            txs: Transactions::new(cfg.timers.clone()),
+            accounts: accounts::Accounts::new(&cfg, now),
+            registrar: registrar::Registrar::new(cfg.calls.clone(), cfg.seed, now),
+            calls: Calls::new(cfg.calls.clone(), hosts, cfg.timers.clone()),
+            cfg,
+        }
+    }
+
+    // ---- getters -------------------------------------------------------
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.ctx.stats
+    }
+
+    /// Request round trips (send to final response), in microseconds.
+    pub fn register_latency(&self) -> &Histogram<u64> {
+        self.txs.latency()
+    }
+
+    /// The registration state of an account.
+    pub fn account_status(&self, id: AccountId) -> Option<RegStatus> {
+        self.accounts.get(id).map(|a| a.reg.status())
+    }
+
+    /// The account a Contact token routes to.
+    pub fn account_by_token(&self, token: &[u8]) -> Option<AccountId> {
+        self.accounts.by_token(token)
+    }
+
+    /// The persistent registration state of an account.
+    pub fn saved_registration(&self, id: AccountId) -> Option<SavedRegistration> {
+        self.accounts.get(id).map(|a| a.reg.saved())
+    }
+
+    /// Visits every account's registration state (for metrics gauges).
+    pub fn for_each_status(&self, mut f: impl FnMut(AccountId, RegStatus)) {
+        for (id, a) in self.accounts.iter() {
+            f(id, a.reg.status());
+        }
+    }
+
+    pub fn account_count(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// Transactions in flight (client, server).
+    pub fn transaction_count(&self) -> (usize, usize) {
+        self.txs.counts()
+    }
+
+    /// Calls in the pending-call map (waiting, up, or kept for late wakes).
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Latency histograms of the call flow.
+    pub fn call_latency(&self) -> &CallLatency {
+        &self.calls.latency
+    }
+
+    /// An account's devices.
+    pub fn devices(&self, now: Instant, account: AccountId) -> Vec<DeviceInfo> {
+        self.registrar.infos(now, account)
+    }
+
+    // ---- provisioning ----------------------------------------------------
+
+    /// Adds an account, or updates it if the id exists. `saved` restores a
+    /// binding persisted before a restart (same Call-ID, higher CSeq). Its
+    /// first REGISTER goes out through the rate limiter.
+    pub fn add_account(
+        &mut self,
+        now: Instant,
+        cfg: AccountConfig,
+        saved: Option<SavedRegistration>,
+    ) {
+        self.accounts
+            .add(&mut self.ctx, &mut self.txs, now, cfg, saved);
+    }
+
+    /// Replaces an account's configuration; a changed password, registrar
+    /// or expiry starts a fresh registration attempt (this is also how a
+    /// failed account is revived).
+    pub fn update_account(&mut self, now: Instant, cfg: AccountConfig) {
+        self.accounts.update(&mut self.ctx, &mut self.txs, now, cfg);
+    }
+
+    /// Removes an account and its devices. A live binding is unregistered
+    /// (Expires: 0) on the way out, best effort.
+    pub fn remove_account(&mut self, now: Instant, id: AccountId) -> bool {
+        self.registrar.forget(id);
+        self.accounts.remove(&mut self.ctx, &mut self.txs, now, id)
+    }
+
+    /// Removes the binding of an account but keeps the account
+    /// (REGISTER with Expires: 0).
+    pub fn unregister(&mut self, now: Instant, id: AccountId) -> bool {
+        self.accounts
+            .unregister(&mut self.ctx, &mut self.txs, now, id)
+    }
+
+    /// Unregisters every bound account (graceful shutdown, if configured).
+    pub fn unregister_all(&mut self, now: Instant) {
+        for id in self.accounts.registered() {
+            self.unregister(now, id);
+        }
+    }
+
+    /// Adds or replaces a device's push target (the admin API, or devices
+    /// loaded from the store at start). Its SIP binding, if any, is kept.
+    /// `false` for an unknown account.
+    pub fn put_device(
+        &mut self,
+        account: AccountId,
+        name: &str,
+        provider: &str,
+        prid: &str,
+        param: Option<&str>,
+    ) -> bool {
+        if self.accounts.get(account).is_none() {
+            return false;
+        }
+        self.registrar
+            .put_device(account, name, provider, prid, param);
+        true
+    }
+
+    /// Forgets a device (the admin API).
+    pub fn remove_device(&mut self, account: AccountId, name: &str) -> bool {
+        self.registrar.remove_device(account, name)
+    }
+
+    // ---- inputs ----------------------------------------------------------
+
+    /// A datagram (or a framed stream message) arrived from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, flow: Flow, data: &[u8]) {
+        self.ctx.stats.datagrams += 1;
+        let mut headers = [EMPTY_HEADER; 64];
+        let msg = match parse(data, &mut headers) {
+            Ok(m) => m,
+            Err(error) => {
+                self.ctx.stats.parse_errors += 1;
+                self.ctx.events.push_back(Event::ParseError { from, error });
+                return;
+            }
+        };
+        if msg.is_request() {
+            self.handle_request(now, from, flow, &msg, data);
+        } else {
+            self.handle_response(now, &msg, data);
+        }
+    }
+
+    /// Sending to `dest` failed (ICMP unreachable, connection refused or
+    /// reset): every client transaction towards it ends at once (RFC 3261
+    /// §17.1.4) instead of retransmitting into the void until Timer F.
+    pub fn handle_transport_error(&mut self, now: Instant, dest: SocketAddr) {
+        for (slot, ev) in self.txs.client_transport_errors(now, dest) {
+            self.after_client(now, slot, ev);
+        }
+        self.txs.server_transport_errors(&mut self.ctx, now, dest);
+    }
+
+    /// Deadlines up to `now` have passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some((_, t)) = self.ctx.wheel.poll_expired(now) {
+            match t {
+                Timer::Client(slot, generation) => {
+                    if let Some(ev) = self.txs.client_timeout(now, slot, generation) {
+                        self.after_client(now, slot, ev);
+                    }
+                }
+                Timer::Server(slot, generation) => {
+                    self.txs
+                        .server_timeout(&mut self.ctx, now, slot, generation)
+                }
+                Timer::Register(id) => self.accounts.on_timer(id),
+                Timer::RateLimit => self.accounts.on_rate_timer(),
+                Timer::Call(c, gen, which) => self.calls.on_timer(env!(self), now, c, gen, which),
+            }
+        }
+        self.accounts.drain(&mut self.ctx, &mut self.txs, now);
+    }
+
+    /// What the mediator made of a push.
+    pub fn handle_push_result(&mut self, now: Instant, outcome: PushOutcome) {
+        let Some(wait) = self.calls.push_answered(&mut self.ctx, &outcome) else {
+            return;
+        };
+        if outcome.result == PushResult::TokenDead {
+            // A dead token is removed (APNs 410, FCM UNREGISTERED): the
+            // device is no longer pushed, and the store forgets it.
+            let account = outcome.account;
+            if self.registrar.remove_device(account, &wait.device) {
+                self.ctx.events.push_back(Event::DeviceRemoved {
+                    account,
+                    device: wait.device.to_string(),
+                });
+            }
+        }
+        self.calls
+            .push_result(env!(self), now, wait, outcome.result);
+    }
+
+    // ---- outputs -----------------------------------------------------------
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.ctx.transmits.pop_front()
+    }
+
+    /// The next deadline: call [`Engine::handle_timeout`] then.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.ctx.wheel.next_deadline()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.ctx.events.pop_front()
+    }
+
+    /// The next push for the mediator.
+    pub fn poll_push(&mut self) -> Option<Push> {
+        self.calls.poll_push()
+    }
+
+    // ---- routing -------------------------------------------------------------
+
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        flow: Flow,
+        msg: &Message<'_, '_>,
+        data: &[u8],
+    ) {
+        let method = msg.method().unwrap_or(Method::Options);
+        if let Err(e) = msg.validate() {
+            self.ctx.stats.parse_errors += 1;
+            self.ctx
+                .events
+                .push_back(Event::ParseError { from, error: e });
+            // RFC 3261 §8.2: answer what can be answered; never answer an ACK.
+            if method != Method::Ack {
+                let e = SipError::from(e);
+                respond_stateless(&mut self.ctx, msg, from, flow, e.status(), e.reason());
+            }
+            return;
+        }
+        let Ok(key) = TxKey::server(msg) else {
+            return;
+        };
+        if self
+            .txs
+            .absorb(&mut self.ctx, now, &key, method == Method::Ack)
+        {
+            return;
+        }
+        if method == Method::Ack {
+            // An ACK for a 2xx (end to end) or for a transaction long gone.
+            return self.calls.call_ack(env!(self), now, msg, data);
+        }
+        let kind = if method == Method::Invite {
+            Kind::Invite
+        } else {
+            Kind::NonInvite
+        };
+        let slot = self
+            .txs
+            .open_server(&mut self.ctx, now, key, kind, from, flow);
+        self.ctx.stats.server_tx += 1;
+        // The transaction user.
+        let in_dialog = msg.to().ok().and_then(|t| t.tag()).is_some();
+        match method {
+            Method::Cancel => self.calls.incoming_cancel(env!(self), now, msg, slot),
+            _ if in_dialog => self.calls.in_dialog(env!(self), now, from, msg, data, slot),
+            Method::Register => {
+                let up = self.registrar.register(
+                    &mut self.ctx,
+                    &mut self.txs,
+                    &self.accounts,
+                    now,
+                    from,
+                    flow,
+                    msg,
+                    slot,
+                );
+                // The app is up: calls waiting for it go out now, late
+                // wakes too.
+                if let Some((account, devices)) = up {
+                    for name in devices {
+                        self.calls.device_ready(env!(self), now, account, &name);
+                    }
+                }
+            }
+            Method::Invite => {
+                self.calls
+                    .incoming_invite(env!(self), now, from, flow, msg, data, slot)
+            }
+            Method::Options => self
+                .txs
+                .reply(&mut self.ctx, now, slot, msg, 200, "OK", |w| {
+                    w.header(
+                        "Allow",
+                        b"INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK, UPDATE, INFO, REGISTER",
+                    );
+                }),
+            Method::Bye | Method::Prack | Method::Update | Method::Info => {
+                self.txs
+                    .reply_error(&mut self.ctx, now, slot, msg, SipError::NoSuchCall)
+            }
+            _ => self
+                .txs
+                .reply_error(&mut self.ctx, now, slot, msg, SipError::NotImplemented),
+        }
+    }
+
+    fn handle_response(&mut self, now: Instant, msg: &Message<'_, '_>, data: &[u8]) {
+        let Some((slot, owner, pass)) = self.txs.on_response(now, msg) else {
+            self.ctx.stats.stray_responses += 1;
+            return;
+        };
+        if pass == Pass::Deliver {
+            match owner {
+                TxOwner::Register(id) if msg.status().unwrap_or(0) >= 200 => self
+                    .accounts
+                    .on_response(&mut self.ctx, &mut self.txs, now, id, msg),
+                TxOwner::Leg(c, gen, leg) => {
+                    self.calls
+                        .leg_response(env!(self), now, c, gen, leg, msg, data)
+                }
+                TxOwner::Relay(r) => self.calls.relay_response(env!(self), now, r, msg, data),
+                _ => {}
+            }
+        }
+        self.after_client(now, slot, None);
+    }
+
+    /// Sends what a client transaction wants sent, tells its owner about a
+    /// failure, and removes it once terminated (telling the owner that too).
+    fn after_client(&mut self, now: Instant, slot: usize, ev: Option<ClientEvent>) {
+        let Some(owner) = self.txs.flush_client(&mut self.ctx, slot) else {
+            return;
+        };
+        let error = match ev {
+            Some(ClientEvent::Timeout) => Some(RegError::Timeout),
+            Some(ClientEvent::TransportError) => Some(RegError::TransportError),
+            _ => None,
+        };
+        if let Some(error) = error {
+            self.ctx.stats.client_tx_timeouts += u64::from(error == RegError::Timeout);
+            match owner {
+                TxOwner::Register(id) => {
+                    self.accounts
+                        .on_failure(&mut self.ctx, &mut self.txs, now, id, error)
+                }
+                TxOwner::Leg(c, gen, leg) => self.calls.leg_failed(env!(self), now, c, gen, leg),
+                TxOwner::Relay(r) => self.calls.relay_failed(env!(self), now, r),
+                TxOwner::None => {}
+            }
+        }
+        match self.txs.settle_client(&mut self.ctx, slot) {
+            Some(TxOwner::Register(id)) => self.accounts.tx_ended(id, slot),
+            Some(TxOwner::Relay(r)) => self.calls.relay_done(&mut self.ctx, r),
+            _ => {}
+        }
+    }
+}
