@@ -1972,7 +1972,7 @@ fn convert(raw: RawFile, r: &mut Reader) -> Config {
 
     let s = raw.calls.unwrap_or_default();
     let calls = CallConfig {
-        // DESIGN §1.3: 30 s by default, Acrobits waits 120 s; past 10
+        // 30 s by default, Acrobits waits 120 s; past 10
         // minutes callers and their proxies have long given up.
         device_wait: r
             .duration("calls.device_wait", s.device_wait, secs(1)..=secs(600))

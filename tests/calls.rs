@@ -1,7 +1,7 @@
 //! Incoming calls, driven through the flow simulator: a provider-side
 //! caller, phones woken by a simulated push mediator, and the engine as the
-//! phones' registrar and a signalling-only B2BUA between them (DESIGN
-//! §1.2–1.4). Every test asserts what a user would check: the bytes each
+//! phones' registrar and a signalling-only B2BUA between them (the call
+//! flow and late wake in `sipis_engine`'s `calls` module doc). Every test asserts what a user would check: the bytes each
 //! side received, the pushes, the events, the counters.
 
 mod sim;
@@ -2292,7 +2292,7 @@ fn late_wake_over_tcp_to_a_phone_that_sends_no_provisional_is_cancelled_after_th
         .find(|(_, _, d)| method(d).as_deref() == Some("CANCEL"))
         .expect("no CANCEL over TCP after the guard time")
         .0;
-    // DESIGN §1.4: "after a short guard time" (1 s), in order on the stream.
+    // The late wake: CANCEL "after a short guard time" (1 s), in order on the stream.
     assert!(cancelled - invited >= Duration::from_secs(1));
     assert_eq!(pb.calls[0].final_code, Some(487));
     drop(pb);

@@ -1,4 +1,5 @@
-//! End to end, with real peers, the incoming-call flow (DESIGN §1.2–1.4):
+//! End to end, with real peers, the incoming-call flow (the call flow and
+//! late wake of `sipis_engine`'s `calls` module doc):
 //! a sipp caller calls through Kamailio (the provider: registrar and
 //! proxy, tests/support/kamailio/provider.cfg) to an account sipis
 //! registered there; sipis answers 100 and 180 (`X-Sipis-Push-Status`),
@@ -6,7 +7,7 @@
 //! "woken" sipp phone REGISTERs (RFC 8599 `pn-*` Contact, digest realm
 //! "sipis") it INVITEs the phone over that flow with the caller's From,
 //! Call-ID and SDP, and relays the dialog both ways. A phone that wakes
-//! after the call ended (late wake, DESIGN §1.4) still gets the INVITE and
+//! after the call ended (the late wake) still gets the INVITE and
 //! then a CANCEL whose Reason says why. Harness: tests/support/calls.rs;
 //! scenarios: tests/support/sipp/.
 //!
@@ -455,7 +456,7 @@ fn caller_cancels_before_wake_phone_gets_invite_then_plain_cancel() {
     check_phone_registration(&phone);
     let invite = check_phone_invite(&phone, &caller, &alice.aor);
     let cancel = check_late_wake_cancel(&phone, invite);
-    // The caller hung up without a Reason: a plain CANCEL (DESIGN §1.4),
+    // The caller hung up without a Reason: a plain CANCEL (the late wake),
     // above all not "Call completed elsewhere" (CallKit would then not
     // list the call as missed).
     assert!(

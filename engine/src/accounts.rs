@@ -6,7 +6,9 @@
 //! 423) is a [`Registration`]; this part schedules it and turns what it
 //! wants into REGISTER transactions.
 
+use crate::config::EngineConfig;
 use crate::context::{Context, Timer};
+use crate::output::{Event, Flow};
 use crate::registration::{
     AccountConfig, AccountId, Next, RegError, RegStatus, Registration, RegistrationConfig,
     SavedRegistration,
@@ -14,7 +16,6 @@ use crate::registration::{
 use crate::transaction::{Kind, TxKey};
 use crate::transactions::{Transactions, TxOwner};
 use crate::wheel::TimerHandle;
-use crate::{EngineConfig, Event, Flow};
 use sipis_parser::{Message, Method, Uri};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -487,6 +488,7 @@ impl Accounts {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests anchor a simulated clock
 mod tests {
     use super::*;
     use crate::registration::{AccountSecret, Registrar};

@@ -42,9 +42,12 @@
 use std::time::Duration;
 
 use crate::accounts::Accounts;
-use crate::context::{Context, Timer};
+use crate::config::CallConfig;
+use crate::context::{CallTimer, Context, Timer};
 use crate::dialog::Dialog;
 use crate::error::SipError;
+use crate::outcome::{Outcome, COMPLETED_ELSEWHERE};
+use crate::output::{Event, Flow, Transmit};
 use crate::push::{Platform, Push, PushKind, PushOutcome, PushResult};
 use crate::registrar::Registrar;
 use crate::registration::AccountId;
@@ -52,7 +55,6 @@ use crate::request::{begin_request, body, end_to_end, put_contact, reason_phrase
 use crate::transaction::{Kind, TimerConfig, TxKey};
 use crate::transactions::{ServerId, Transactions, TxOwner};
 use crate::wheel::TimerHandle;
-use crate::{Event, Flow, Transmit};
 use bytes::{BufMut, Bytes, BytesMut};
 use sipis_parser::{
     self as parser, is_push_param, parse, HeaderName, Message, Method, NameAddr, Writer,
@@ -63,106 +65,6 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-/// `[calls]`: how incoming calls and phones are handled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallConfig {
-    /// How long a call waits for a device to wake and connect before the
-    /// caller gets `480` (30 s; Acrobits uses 120 s).
-    pub device_wait: Duration,
-    /// How long each pushed call's outcome is kept for a device that wakes
-    /// late (the late wake, in the module doc).
-    pub late_wake_window: Duration,
-    /// CANCEL a leg this long after its INVITE if the phone sent no
-    /// provisional answer by then — over a stream only: over UDP the
-    /// CANCEL waits for a provisional answer (RFC 3261 §9.1).
-    pub late_wake_guard: Duration,
-    /// Send `X-Sipis-Push-Status: Push-Notification-Sent` in the 180.
-    pub push_status_header: bool,
-    /// Digest realm phones authenticate in (accounts with a password; an
-    /// HA1 account's realm is its AOR's host).
-    pub phone_realm: String,
-    /// Binding lifetimes granted to phones (RFC 3261 §10.3: 423 below min).
-    pub phone_min_expires: u32,
-    pub phone_max_expires: u32,
-    /// `+sip.pnsreg` in Feature-Caps: seconds before expiry a push-woken
-    /// phone should refresh (RFC 8599 §4.1.2).
-    pub pnsreg: u32,
-}
-
-impl Default for CallConfig {
-    fn default() -> Self {
-        CallConfig {
-            device_wait: Duration::from_secs(30),
-            late_wake_window: Duration::from_secs(15),
-            late_wake_guard: Duration::from_secs(1),
-            push_status_header: true,
-            phone_realm: "sipis".into(),
-            phone_min_expires: 60,
-            phone_max_expires: 3600,
-            pnsreg: 121,
-        }
-    }
-}
-
-/// How a call ended (or was answered), for the caller, the store and the
-/// late wake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// One of the account's devices answered.
-    Answered,
-    /// The provider's CANCEL said another phone answered
-    /// (`Reason: SIP;cause=200`).
-    AnsweredElsewhere,
-    /// A device declined (486/600/603), or the provider's CANCEL said the
-    /// call was declined elsewhere (`cause=600`/`603`).
-    Declined,
-    /// The caller hung up before anyone answered.
-    CallerCancelled,
-    /// No device woke within `device_wait`.
-    NoResponse,
-    /// Every push failed, or the account has no device at all.
-    Unreachable,
-}
-
-impl Outcome {
-    /// The stored text (`call_outcomes.outcome`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Answered => "answered",
-            Outcome::AnsweredElsewhere => "answered_elsewhere",
-            Outcome::Declined => "declined",
-            Outcome::CallerCancelled => "caller_cancelled",
-            Outcome::NoResponse => "no_response",
-            Outcome::Unreachable => "unreachable",
-        }
-    }
-
-    /// The `reason` of a `call_cancelled`/`missed_call` push, as the push
-    /// protocol names it (`PushCall::reason`): for the device pushed, a
-    /// decline happened elsewhere.
-    pub fn push_reason(self) -> &'static str {
-        match self {
-            Outcome::Declined => "declined_elsewhere",
-            other => other.as_str(),
-        }
-    }
-
-    /// The `Reason` of the CANCEL a late-waking device gets (RFC 3326),
-    /// `None` to use the caller's own Reason or none.
-    pub fn cancel_reason(self) -> Option<&'static [u8]> {
-        match self {
-            Outcome::Answered | Outcome::AnsweredElsewhere => Some(COMPLETED_ELSEWHERE),
-            Outcome::Declined => Some(BUSY_EVERYWHERE),
-            _ => None,
-        }
-    }
-}
-
-/// RFC 3326 Reason for a call answered by another device.
-pub const COMPLETED_ELSEWHERE: &[u8] = b"SIP;cause=200;text=\"Call completed elsewhere\"";
-/// RFC 3326 Reason for a call declined on another device.
-pub const BUSY_EVERYWHERE: &[u8] = b"SIP;cause=600;text=\"Busy Everywhere\"";
-
 /// How long a phone may ring once `device_wait` is over (RFC 3261
 /// §16.6 step 11, Timer C: more than 3 minutes).
 const TIMER_C: Duration = Duration::from_secs(181);
@@ -170,19 +72,6 @@ const TIMER_C: Duration = Duration::from_secs(181);
 /// The longest a dialog's record is kept without a BYE (a lost BYE must
 /// not leak the call record).
 const MAX_DIALOG: Duration = Duration::from_secs(12 * 3600);
-
-/// A call timer's purpose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CallTimer {
-    /// `device_wait` ran out (step 6 of the flow), or Timer C after it.
-    Wait,
-    /// The late-wake window closed: the call record goes.
-    Purge,
-    /// A leg's CANCEL may go even without a provisional answer.
-    Guard(u16),
-    /// The caller's leg's 2xx goes again (RFC 3261 §13.3.1.4).
-    Retransmit2xx,
-}
 
 /// A 2xx to an INVITE of the caller, sent again until its ACK: sipis is
 /// the UAS of the caller's leg (RFC 3261 §13.3.1.4: T1 doubling up to T2,
@@ -1693,4 +1582,424 @@ fn parties(invite: &Message<'_, '_>) -> Result<Parties, parser::Error> {
         caller_raw: String::from_utf8_lossy(from.uri.raw).into_owned(),
         callee: uri_text(&to),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests anchor a simulated clock
+mod tests {
+    use super::*;
+    use crate::config::EngineConfig;
+    use crate::registrar::Binding;
+    use crate::registration::{AccountConfig, AccountSecret};
+    use std::time::Duration;
+
+    /// The calls part with the parts it leans on, one account (token
+    /// `tok1`) and one APNs device `iphone`.
+    struct Bench {
+        ctx: Context,
+        txs: Transactions,
+        accounts: Accounts,
+        registrar: Registrar,
+        calls: Calls,
+        now: Instant,
+    }
+
+    const PROVIDER: &str = "192.0.2.10:5060";
+    const PHONE: &str = "203.0.113.9:40000";
+
+    const INVITE: &str = "INVITE sip:tok1@sipis.example:5061 SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKinv1\r\n\
+        Record-Route: <sip:192.0.2.10;lr>\r\n\
+        From: \"Bob\" <sip:bob@voip.example>;tag=caller1\r\n\
+        To: <sip:alice@voip.example>\r\n\
+        Call-ID: call-1@pbx\r\nCSeq: 20 INVITE\r\n\
+        Contact: <sip:bob@192.0.2.10:5060>\r\n\
+        Content-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n";
+
+    impl Bench {
+        fn new() -> Bench {
+            let now = Instant::now();
+            let mut ctx = Context::new(3, now);
+            let mut txs = Transactions::new(TimerConfig::default());
+            let cfg = EngineConfig::default();
+            let mut accounts = Accounts::new(&cfg, now);
+            accounts.add(
+                &mut ctx,
+                &mut txs,
+                now,
+                AccountConfig {
+                    id: 1,
+                    aor: "sip:alice@voip.example".into(),
+                    auth_user: "alice".into(),
+                    secret: AccountSecret::Password("pw".into()),
+                    registrar: None,
+                    expires: 3600,
+                    token: "tok1".into(),
+                },
+                None,
+            );
+            let mut registrar = Registrar::new(CallConfig::default(), 3, now);
+            registrar.put_device(
+                1,
+                "iphone",
+                "apns",
+                "TOKEN1",
+                Some("ABCDE12345.com.example.voip"),
+            );
+            let hosts = Hosts {
+                via: "sipis.example:5061".into(),
+                contact: "sipis.example:5061".into(),
+                phone_contact: "sipis.example:5060".into(),
+            };
+            Bench {
+                ctx,
+                txs,
+                accounts,
+                registrar,
+                calls: Calls::new(CallConfig::default(), hosts, TimerConfig::default()),
+                now,
+            }
+        }
+
+        fn env(&mut self) -> Env<'_> {
+            Env {
+                ctx: &mut self.ctx,
+                txs: &mut self.txs,
+                accounts: &self.accounts,
+                devices: &self.registrar,
+            }
+        }
+
+        /// A request from `from` opens its server transaction and goes to
+        /// `route`.
+        fn request(
+            &mut self,
+            text: &str,
+            from: &str,
+            route: impl FnOnce(&mut Calls, &mut Env<'_>, Instant, &Message<'_, '_>, usize),
+        ) {
+            let mut h = [EMPTY_HEADER; 32];
+            let msg = parse(text.as_bytes(), &mut h).unwrap();
+            let key = TxKey::server(&msg).unwrap();
+            let kind = if msg.method() == Some(Method::Invite) {
+                Kind::Invite
+            } else {
+                Kind::NonInvite
+            };
+            let from = from.parse().unwrap();
+            let slot = self
+                .txs
+                .open_server(&mut self.ctx, self.now, key, kind, from, Flow::Udp);
+            let now = self.now;
+            let mut calls = std::mem::replace(
+                &mut self.calls,
+                Calls::new(CallConfig::default(), no_hosts(), TimerConfig::default()),
+            );
+            route(&mut calls, &mut self.env(), now, &msg, slot);
+            self.calls = calls;
+        }
+
+        fn invite(&mut self) {
+            self.request(INVITE, PROVIDER, |calls, env, now, msg, slot| {
+                calls.incoming_invite(
+                    env,
+                    now,
+                    PROVIDER.parse().unwrap(),
+                    Flow::Udp,
+                    msg,
+                    INVITE.as_bytes(),
+                    slot,
+                )
+            });
+        }
+
+        /// Everything sent since the last call, as text, by destination.
+        fn sent(&mut self) -> Vec<(String, String)> {
+            self.ctx
+                .transmits
+                .drain(..)
+                .map(|t| {
+                    (
+                        t.dest.to_string(),
+                        String::from_utf8(t.payload.to_vec()).unwrap(),
+                    )
+                })
+                .collect()
+        }
+
+        fn answer_push(&mut self, result: PushResult) -> Push {
+            let push = self.calls.poll_push().expect("a push");
+            let outcome = PushOutcome {
+                id: push.id.clone(),
+                account: push.account,
+                device: push.device.clone(),
+                result,
+                error: None,
+            };
+            let wait = self.calls.push_answered(&mut self.ctx, &outcome).unwrap();
+            let now = self.now;
+            let mut env = Env {
+                ctx: &mut self.ctx,
+                txs: &mut self.txs,
+                accounts: &self.accounts,
+                devices: &self.registrar,
+            };
+            self.calls.push_result(&mut env, now, wait, result);
+            push
+        }
+
+        /// The app woke and registered from `PHONE`.
+        fn device_up(&mut self) {
+            let binding = Binding {
+                addr: PHONE.parse().unwrap(),
+                flow: Flow::Udp,
+                uri: Bytes::from_static(b"sip:alice@203.0.113.9:40000"),
+                expires: self.now + Duration::from_secs(600),
+            };
+            self.registrar.bind_for_test(1, "iphone", binding);
+            let now = self.now;
+            let mut env = Env {
+                ctx: &mut self.ctx,
+                txs: &mut self.txs,
+                accounts: &self.accounts,
+                devices: &self.registrar,
+            };
+            self.calls.device_ready(&mut env, now, 1, "iphone");
+        }
+
+        /// The phone answers the leg's INVITE with `status`.
+        fn leg_answers(&mut self, leg: usize, status: &str, invite: &str) {
+            let mut h = [EMPTY_HEADER; 32];
+            let inv = parse(invite.as_bytes(), &mut h).unwrap();
+            let via = inv.header(HeaderName::Via).unwrap();
+            let from = inv.header(HeaderName::From).unwrap();
+            let to = inv.header(HeaderName::To).unwrap();
+            let resp = format!(
+                "SIP/2.0 {status}\r\nVia: {}\r\nFrom: {}\r\nTo: {};tag=phone1\r\n\
+                 Call-ID: call-1@pbx\r\nCSeq: 20 INVITE\r\n\
+                 Contact: <sip:alice@203.0.113.9:40000>\r\nContent-Length: 0\r\n\r\n",
+                std::str::from_utf8(via).unwrap(),
+                std::str::from_utf8(from).unwrap(),
+                std::str::from_utf8(to).unwrap(),
+            );
+            let mut h2 = [EMPTY_HEADER; 32];
+            let msg = parse(resp.as_bytes(), &mut h2).unwrap();
+            let gen = self.calls.calls[0].gen;
+            let now = self.now;
+            let mut env = Env {
+                ctx: &mut self.ctx,
+                txs: &mut self.txs,
+                accounts: &self.accounts,
+                devices: &self.registrar,
+            };
+            self.calls
+                .leg_response(&mut env, now, 0, gen, leg, &msg, resp.as_bytes());
+        }
+
+        /// Runs the call timers up to `now + by`.
+        fn advance(&mut self, by: Duration) {
+            self.now += by;
+            let now = self.now;
+            while let Some((_, t)) = self.ctx.wheel.poll_expired(now) {
+                if let Timer::Call(c, gen, which) = t {
+                    let mut env = Env {
+                        ctx: &mut self.ctx,
+                        txs: &mut self.txs,
+                        accounts: &self.accounts,
+                        devices: &self.registrar,
+                    };
+                    self.calls.on_timer(&mut env, now, c, gen, which);
+                }
+            }
+        }
+    }
+
+    fn no_hosts() -> Hosts {
+        Hosts {
+            via: String::new(),
+            contact: String::new(),
+            phone_contact: String::new(),
+        }
+    }
+
+    fn status_lines(sent: &[(String, String)]) -> Vec<&str> {
+        sent.iter()
+            .map(|(_, m)| m.lines().next().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn an_invite_pushes_the_device_and_rings_once_the_push_is_accepted() {
+        let mut b = Bench::new();
+        b.invite();
+        assert_eq!(status_lines(&b.sent()), vec!["SIP/2.0 100 Trying"]);
+        let push = b.answer_push(PushResult::Sent);
+        assert_eq!(push.kind, PushKind::IncomingCall);
+        assert_eq!(push.call_id, "call-1@pbx");
+        assert_eq!(push.caller_uri, "sip:bob@voip.example");
+        assert_eq!(push.caller_name.as_deref(), Some("Bob"));
+        assert_eq!(push.callee, "sip:alice@voip.example");
+        assert_eq!(
+            (push.token.as_str(), push.platform),
+            ("TOKEN1", Platform::Apns)
+        );
+        assert_eq!(push.topic.as_deref(), Some("com.example.voip"));
+        let sent = b.sent();
+        assert_eq!(status_lines(&sent), vec!["SIP/2.0 180 Ringing"]);
+        assert!(sent[0]
+            .1
+            .contains("X-Sipis-Push-Status: Push-Notification-Sent\r\n"));
+        assert!(sent[0].1.contains("Record-Route: <sip:192.0.2.10;lr>\r\n"));
+    }
+
+    #[test]
+    fn the_woken_device_gets_the_callers_invite_once() {
+        let mut b = Bench::new();
+        b.invite();
+        b.answer_push(PushResult::Sent);
+        b.sent();
+        b.device_up();
+        let sent = b.sent();
+        assert_eq!(sent.len(), 1);
+        let (dest, inv) = &sent[0];
+        assert_eq!(dest, PHONE);
+        assert!(
+            inv.starts_with("INVITE sip:alice@203.0.113.9:40000 SIP/2.0\r\n"),
+            "{inv}"
+        );
+        // Same caller, Call-ID and CSeq as the push announced; our Contact.
+        assert!(inv.contains("From: \"Bob\" <sip:bob@voip.example>;tag=caller1\r\n"));
+        assert!(inv.contains("To: <sip:alice@voip.example>\r\n"));
+        assert!(inv.contains("Call-ID: call-1@pbx\r\nCSeq: 20 INVITE\r\n"));
+        assert!(inv.contains("Contact: <sip:tok1@sipis.example:5060>\r\n"));
+        assert!(inv.ends_with("\r\n\r\nv=0\n"));
+        // A second REGISTER of the waking app: no second INVITE.
+        b.device_up();
+        assert!(b.sent().is_empty());
+        assert_eq!(b.calls.calls[0].legs[0].state, LegState::Calling);
+        b.leg_answers(0, "180 Ringing", inv);
+        assert_eq!(b.calls.calls[0].legs[0].state, LegState::Ringing);
+        let sent = b.sent();
+        assert_eq!(status_lines(&sent), vec!["SIP/2.0 180 Ringing"]);
+        assert_eq!(sent[0].0, PROVIDER);
+    }
+
+    #[test]
+    fn no_device_within_the_wait_ends_with_480_and_a_missed_call_push() {
+        let mut b = Bench::new();
+        b.invite();
+        b.answer_push(PushResult::Sent);
+        b.sent();
+        b.advance(Duration::from_secs(31));
+        let sent = b.sent();
+        assert_eq!(
+            status_lines(&sent),
+            vec!["SIP/2.0 480 Temporarily Unavailable"]
+        );
+        assert!(sent[0]
+            .1
+            .contains("X-Sipis-Reason: No-Response-From-Device\r\n"));
+        let missed = b.calls.poll_push().expect("missed_call push");
+        assert_eq!(missed.kind, PushKind::MissedCall);
+        assert_eq!(missed.reason, Some(Outcome::NoResponse));
+        assert!(matches!(
+            b.ctx.events.back(),
+            Some(Event::CallOutcome {
+                outcome: Outcome::NoResponse,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn late_wake_after_answer_elsewhere_sends_invite_then_cancel_with_reason() {
+        let mut b = Bench::new();
+        b.invite();
+        b.answer_push(PushResult::Sent);
+        b.sent();
+        // The provider's fork was answered by another phone.
+        let cancel = "CANCEL sip:tok1@sipis.example:5061 SIP/2.0\r\n\
+            Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKinv1\r\n\
+            From: \"Bob\" <sip:bob@voip.example>;tag=caller1\r\n\
+            To: <sip:alice@voip.example>\r\n\
+            Call-ID: call-1@pbx\r\nCSeq: 20 CANCEL\r\n\
+            Reason: SIP;cause=200;text=\"Call completed elsewhere\"\r\n\
+            Content-Length: 0\r\n\r\n";
+        b.request(cancel, PROVIDER, |calls, env, now, msg, slot| {
+            calls.incoming_cancel(env, now, msg, slot)
+        });
+        assert_eq!(
+            status_lines(&b.sent()),
+            vec!["SIP/2.0 200 OK", "SIP/2.0 487 Request Terminated"]
+        );
+        // The app wakes late, inside the window: INVITE with the pushed
+        // Call-ID, and no CANCEL before the phone's provisional (UDP).
+        b.advance(Duration::from_secs(2));
+        b.device_up();
+        let sent = b.sent();
+        assert_eq!(
+            status_lines(&sent),
+            vec!["INVITE sip:alice@203.0.113.9:40000 SIP/2.0"]
+        );
+        assert!(sent[0].1.contains("Call-ID: call-1@pbx\r\n"));
+        let leg = &b.calls.calls[0].legs[0];
+        assert_eq!(leg.kind, LegKind::LateWake);
+        assert!(matches!(leg.state, LegState::CancelPending { .. }));
+        assert_eq!(b.ctx.stats.late_wakes, 1);
+        let invite = sent[0].1.clone();
+        b.leg_answers(0, "180 Ringing", &invite);
+        let sent = b.sent();
+        assert_eq!(
+            status_lines(&sent),
+            vec!["CANCEL sip:alice@203.0.113.9:40000 SIP/2.0"]
+        );
+        let c = &sent[0].1;
+        // RFC 3261 §9.1: the INVITE's branch, Call-ID, CSeq number; To
+        // without the phone's tag. RFC 3326 Reason: answered elsewhere.
+        let branch = invite.lines().find(|l| l.starts_with("Via:")).unwrap();
+        assert!(c.contains(&format!("{branch}\r\n")), "{c}");
+        assert!(c.contains("To: <sip:alice@voip.example>\r\n"));
+        assert!(c.contains("CSeq: 20 CANCEL\r\n"));
+        assert!(c.contains("Reason: SIP;cause=200;text=\"Call completed elsewhere\"\r\n"));
+        assert_eq!(b.calls.calls[0].legs[0].state, LegState::Cancelling);
+        b.leg_answers(0, "487 Request Terminated", &invite);
+        assert_eq!(b.calls.calls[0].legs[0].state, LegState::Terminated);
+        assert_eq!(b.ctx.stats.late_wakes_completed, 1);
+        // Outside the window nothing more happens; the record goes.
+        b.advance(Duration::from_secs(20));
+        assert_eq!(b.calls.len(), 0);
+    }
+
+    #[test]
+    fn a_device_declining_ends_the_call_for_the_caller() {
+        let mut b = Bench::new();
+        b.invite();
+        b.answer_push(PushResult::Sent);
+        b.device_up();
+        let invite = b.sent().pop().unwrap().1;
+        b.leg_answers(0, "603 Decline", &invite);
+        let sent = b.sent();
+        assert_eq!(status_lines(&sent), vec!["SIP/2.0 603 Decline"]);
+        assert_eq!(b.calls.calls[0].state, CallState::Ended);
+        assert_eq!(
+            b.calls.calls[0].outcome.map(|o| o.0),
+            Some(Outcome::Declined)
+        );
+    }
+
+    #[test]
+    fn every_push_failing_gives_480_device_not_reachable() {
+        let mut b = Bench::new();
+        b.invite();
+        b.sent();
+        b.answer_push(PushResult::Failed);
+        let sent = b.sent();
+        assert_eq!(
+            status_lines(&sent),
+            vec!["SIP/2.0 480 Temporarily Unavailable"]
+        );
+        assert!(sent[0]
+            .1
+            .contains("X-Sipis-Reason: Device-Not-Reachable\r\n"));
+    }
 }

@@ -1,18 +1,14 @@
 //! What every part of the engine writes to: the timer wheel, the PRNG, a
 //! scratch buffer, the output queues and the counters.
 //!
-//! The parts ([`Transactions`](crate::transactions::Transactions),
-//! [`Accounts`](crate::accounts::Accounts),
-//! [`Registrar`](crate::registrar::Registrar),
-//! [`Calls`](crate::calls::Calls)) own their own tables; they share this
-//! one context, which [`Engine`](crate::Engine) lends to whichever part an
-//! input is routed to.
+//! The parts (`Transactions`, `Accounts`, `Registrar`, `Calls`) own their
+//! own tables; they share this one context, which the `Engine` lends to
+//! whichever part an input is routed to. It depends on none of them.
 
-use crate::calls::CallTimer;
+use crate::output::{Event, Stats, Transmit};
 use crate::registration::AccountId;
 use crate::rng::Rng;
 use crate::wheel::{TimerHandle, TimerWheel};
-use crate::{Event, Stats, Transmit};
 use bytes::BytesMut;
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -107,4 +103,17 @@ impl Context {
             self.wheel.cancel(t);
         }
     }
+}
+
+/// A call timer's purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallTimer {
+    /// `device_wait` ran out (step 6 of the flow), or Timer C after it.
+    Wait,
+    /// The late-wake window closed: the call record goes.
+    Purge,
+    /// A leg's CANCEL may go even without a provisional answer.
+    Guard(u16),
+    /// The caller's leg's 2xx goes again (RFC 3261 §13.3.1.4).
+    Retransmit2xx,
 }

@@ -176,6 +176,7 @@ fn with_tag(o: &mut BytesMut, uri: &[u8], tag: Option<&[u8]>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests anchor a simulated clock
 mod tests {
     use super::*;
     use sipis_parser::{parse, EMPTY_HEADER};

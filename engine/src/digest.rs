@@ -1275,6 +1275,7 @@ impl NonceVerifier {
 // ---------------------------------------------------------------------------------------------
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests anchor a simulated clock
 mod tests {
     use super::*;
 

@@ -134,6 +134,7 @@ impl From<parser::Error> for SipError {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests anchor a simulated clock
 mod tests {
     use super::*;
     use bytes::BytesMut;

@@ -80,10 +80,13 @@
 
 mod accounts;
 mod calls;
+mod config;
 mod context;
 mod dialog;
 pub mod digest;
 mod error;
+mod outcome;
+mod output;
 pub mod push;
 mod registrar;
 mod registration;
@@ -95,8 +98,11 @@ mod transactions;
 pub mod wheel;
 
 pub use accounts::{aor_key, aor_key_of};
-pub use calls::{CallConfig, CallLatency, Outcome, BUSY_EVERYWHERE, COMPLETED_ELSEWHERE};
+pub use calls::CallLatency;
+pub use config::{CallConfig, EngineConfig};
 pub use error::SipError;
+pub use outcome::{Outcome, BUSY_EVERYWHERE, COMPLETED_ELSEWHERE};
+pub use output::{Event, Flow, Stats, Transmit};
 pub use push::{Platform, Push, PushKind, PushOutcome, PushResult};
 pub use registrar::DeviceInfo;
 pub use registration::{
@@ -110,146 +116,13 @@ pub use transaction::{
 };
 pub use wheel::{TimerHandle, TimerWheel};
 
-use bytes::Bytes;
 use calls::{Calls, Env, Hosts};
 use context::{Context, Timer};
 use hdrhistogram::Histogram;
-use sipis_parser::{self as parser, parse, Message, Method, EMPTY_HEADER};
+use sipis_parser::{parse, Message, Method, EMPTY_HEADER};
 use std::net::SocketAddr;
 use std::time::Instant;
 use transactions::{respond_stateless, Transactions, TxOwner};
-
-/// How a message arrived or must leave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Flow {
-    /// This shard's UDP socket (upstream: the provider's side).
-    Udp,
-    /// The public UDP port shared by all shards (phones' side): replies
-    /// leave from that port so they pass the phone's NAT.
-    SharedUdp,
-    /// A TCP/TLS connection of the front, by its id.
-    Stream(u64),
-}
-
-/// A message for the shell to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    pub dest: SocketAddr,
-    pub flow: Flow,
-    pub payload: Bytes,
-}
-
-/// Things the shell should know about: for the store and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// An account's registration changed state.
-    Registration {
-        account: AccountId,
-        status: RegStatus,
-    },
-    /// Persist this (sent with every REGISTER: the CSeq moved).
-    SaveRegistration {
-        account: AccountId,
-        saved: SavedRegistration,
-    },
-    /// A datagram could not be parsed (counted, answered 400 when possible).
-    ParseError {
-        from: SocketAddr,
-        error: parser::Error,
-    },
-    /// A phone registered a push device (or moved its token): persist it.
-    DeviceSaved {
-        account: AccountId,
-        device: String,
-        provider: String,
-        prid: String,
-        param: Option<String>,
-    },
-    /// A device is gone (explicit unregister, or its token is dead).
-    DeviceRemoved { account: AccountId, device: String },
-    /// A call's outcome is decided: one durable row per call.
-    CallOutcome {
-        account: AccountId,
-        call_id: String,
-        caller: String,
-        outcome: Outcome,
-        reason: Option<String>,
-        started: Instant,
-        ended: Instant,
-    },
-}
-
-/// Engine tunables.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// RFC 3261 T1, T2, T4.
-    pub timers: TimerConfig,
-    /// Via sent-by of this shard's socket, `host:port`.
-    pub via: String,
-    /// Public `host:port` written in Contacts (what the provider reaches).
-    pub contact_host: String,
-    /// Most REGISTERs this shard sends per second (new cycles, refreshes,
-    /// retries and challenge answers alike), so a restart with 100 000
-    /// accounts does not flood the provider.
-    pub register_rate: u32,
-    /// REGISTERs that may go out back to back before the rate applies.
-    pub register_burst: u32,
-    pub registration: RegistrationConfig,
-    /// Seed of the engine's PRNG (branches, tags, jitter, nonce key).
-    pub seed: u64,
-    /// Public `host:port` of the phones' (shared) port, written in the
-    /// Contact of requests to phones.
-    pub phone_contact_host: String,
-    /// Incoming calls and the phones' registrar.
-    pub calls: CallConfig,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            timers: TimerConfig::default(),
-            via: "127.0.0.1:5060".into(),
-            contact_host: "127.0.0.1:5060".into(),
-            register_rate: 200,
-            register_burst: 10,
-            registration: RegistrationConfig::default(),
-            seed: 0x5151_5151,
-            phone_contact_host: "127.0.0.1:5060".into(),
-            calls: CallConfig::default(),
-        }
-    }
-}
-
-/// Counters for `/metrics`; monotonic.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub datagrams: u64,
-    pub parse_errors: u64,
-    pub registers_sent: u64,
-    pub register_ok: u64,
-    pub register_failed: u64,
-    pub client_tx_timeouts: u64,
-    pub server_tx: u64,
-    pub stray_responses: u64,
-    /// REGISTERs from phones (all, challenged ones included).
-    pub phone_registers: u64,
-    /// Phone REGISTERs refused with 403 (wrong credentials).
-    pub phone_auth_failures: u64,
-    /// INVITEs that started a call.
-    pub calls: u64,
-    pub calls_answered: u64,
-    /// Calls that ended without an answer (no response, caller hung up,
-    /// no device reachable).
-    pub calls_missed: u64,
-    /// Pushes handed to the mediator.
-    pub pushes_requested: u64,
-    pub pushes_sent: u64,
-    pub pushes_failed: u64,
-    pub pushes_token_dead: u64,
-    /// Late-wake INVITEs sent, and those completed with CANCEL + 487.
-    pub late_wakes: u64,
-    pub late_wakes_completed: u64,
-}
 
 /// One shard's SIP engine. See the crate doc for how to drive it.
 pub struct Engine {
@@ -283,10 +156,10 @@ impl Engine {
         };
         Engine {
             ctx: Context::new(cfg.seed, now),
-            txs: Transactions::new(cfg.timers.clone()),
+            txs: Transactions::new(cfg.timers),
             accounts: accounts::Accounts::new(&cfg, now),
             registrar: registrar::Registrar::new(cfg.calls.clone(), cfg.seed, now),
-            calls: Calls::new(cfg.calls.clone(), hosts, cfg.timers.clone()),
+            calls: Calls::new(cfg.calls.clone(), hosts, cfg.timers),
             cfg,
         }
     }

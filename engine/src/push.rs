@@ -8,7 +8,7 @@
 //! enums carry the protocol's snake_case names, so the shell's wire types
 //! can use them as they are.
 
-use crate::calls::Outcome;
+use crate::outcome::Outcome;
 use crate::registration::AccountId;
 
 /// Why a push is sent.

@@ -15,15 +15,15 @@
 //! the AOR's host for an HA1 account): nobody may hijack someone's calls.
 
 use crate::accounts::Accounts;
-use crate::calls::CallConfig;
+use crate::config::CallConfig;
 use crate::context::Context;
 use crate::digest::{self, Algorithm, Credentials, Ha1, NonceVerifier, Reply, VerifierConfig};
 use crate::error::SipError;
+use crate::output::{Event, Flow};
 use crate::push::Platform;
 use crate::registration::{AccountConfig, AccountId, AccountSecret};
 use crate::rng::Rng;
 use crate::transactions::Transactions;
-use crate::{Event, Flow};
 use bytes::{Bytes, BytesMut};
 use sipis_parser::{self as parser, is_push_param, HeaderName, Message};
 use std::collections::HashMap;
@@ -274,6 +274,20 @@ impl Registrar {
     /// Forgets every device of an account that is gone.
     pub fn forget(&mut self, account: AccountId) {
         self.devices.remove(&account);
+    }
+
+    /// Binds a device as a REGISTER would (tests of the other parts).
+    #[cfg(test)]
+    pub fn bind_for_test(&mut self, account: AccountId, name: &str, binding: Binding) {
+        let devices = self.devices.entry(account).or_default();
+        match devices.iter_mut().find(|d| &*d.name == name) {
+            Some(d) => d.binding = Some(binding),
+            None => devices.push(Device {
+                name: name.into(),
+                push: None,
+                binding: Some(binding),
+            }),
+        }
     }
 
     /// An account's devices as the shell sees them.
@@ -583,4 +597,234 @@ fn contact_requests(msg: &Message<'_, '_>, cfg: &CallConfig) -> Result<ContactRe
         return Err(SipError::IntervalTooBrief(cfg.phone_min_expires));
     }
     Ok(ContactRequests { wildcard, contacts })
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests anchor a simulated clock
+mod tests {
+    use super::*;
+    use crate::config::EngineConfig;
+    use crate::digest::{write_authorization, Account as DigestAccount, Challenge, Secret};
+    use crate::transaction::{Kind, TimerConfig, TxKey};
+    use sipis_parser::{parse, EMPTY_HEADER};
+
+    /// A registrar with one account (alice, password "s3cret", proxy mode).
+    struct Bench {
+        ctx: Context,
+        txs: Transactions,
+        accounts: Accounts,
+        registrar: Registrar,
+        now: Instant,
+        cseq: u32,
+    }
+
+    const PHONE: &str = "203.0.113.9:40000";
+
+    /// What `Registrar::register` reports.
+    type Registered = Option<(AccountId, Vec<Box<str>>)>;
+
+    impl Bench {
+        fn new() -> Bench {
+            let now = Instant::now();
+            let mut ctx = Context::new(7, now);
+            let mut txs = Transactions::new(TimerConfig::default());
+            let mut accounts = Accounts::new(&EngineConfig::default(), now);
+            let cfg = AccountConfig {
+                id: 1,
+                aor: "sip:alice@voip.example".into(),
+                auth_user: "alice".into(),
+                secret: AccountSecret::Password("s3cret".into()),
+                registrar: None,
+                expires: 3600,
+                token: "tok1".into(),
+            };
+            accounts.add(&mut ctx, &mut txs, now, cfg, None);
+            Bench {
+                ctx,
+                txs,
+                accounts,
+                registrar: Registrar::new(CallConfig::default(), 7, now),
+                now,
+                cseq: 0,
+            }
+        }
+
+        /// Sends a REGISTER for `user` with `contact` (and `auth`), returns
+        /// the response text and what the registrar reported.
+        fn register(
+            &mut self,
+            user: &str,
+            contact: &str,
+            auth: Option<&str>,
+        ) -> (String, Registered) {
+            self.cseq += 1;
+            let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+            let req = format!(
+                "REGISTER sip:voip.example SIP/2.0\r\n\
+                 Via: SIP/2.0/UDP {PHONE};branch=z9hG4bKr{}\r\n\
+                 From: <sip:{user}@voip.example>;tag=ph1\r\n\
+                 To: <sip:{user}@voip.example>\r\n\
+                 Call-ID: reg-1@phone\r\nCSeq: {} REGISTER\r\n\
+                 Contact: {contact}\r\n{auth}Content-Length: 0\r\n\r\n",
+                self.cseq, self.cseq
+            );
+            let mut h = [EMPTY_HEADER; 32];
+            let msg = parse(req.as_bytes(), &mut h).unwrap();
+            let key = TxKey::server(&msg).unwrap();
+            let from = PHONE.parse().unwrap();
+            let slot = self.txs.open_server(
+                &mut self.ctx,
+                self.now,
+                key,
+                Kind::NonInvite,
+                from,
+                Flow::Udp,
+            );
+            let up = self.registrar.register(
+                &mut self.ctx,
+                &mut self.txs,
+                &self.accounts,
+                self.now,
+                from,
+                Flow::Udp,
+                &msg,
+                slot,
+            );
+            let t = self.ctx.transmits.pop_front().expect("an answer");
+            (String::from_utf8(t.payload.to_vec()).unwrap(), up)
+        }
+
+        /// Answers the challenge in `resp` as alice with `password`.
+        fn authorization(resp: &str, password: &str) -> String {
+            let mut h = [EMPTY_HEADER; 32];
+            let msg = parse(resp.as_bytes(), &mut h).unwrap();
+            let a = msg
+                .auth(HeaderName::WwwAuthenticate)
+                .next()
+                .unwrap()
+                .unwrap();
+            let params: Vec<(&str, &str)> = a
+                .params()
+                .map_while(Result::ok)
+                .filter_map(|p| std::str::from_utf8(p.value).ok().map(|v| (p.name, v)))
+                .collect();
+            let ch = Challenge::from_params(params.iter().copied()).unwrap();
+            let mut v = String::new();
+            let account = DigestAccount {
+                username: "alice",
+                secret: Secret::Password(password),
+            };
+            write_authorization(
+                &ch,
+                &account,
+                "REGISTER",
+                "sip:voip.example",
+                "cn1",
+                1,
+                &mut v,
+            )
+            .unwrap();
+            v
+        }
+
+        fn authed(&mut self, contact: &str) -> (String, Registered) {
+            let (challenge, _) = self.register("alice", contact, None);
+            let auth = Bench::authorization(&challenge, "s3cret");
+            self.register("alice", contact, Some(&auth))
+        }
+    }
+
+    const APNS_CONTACT: &str = "<sip:alice@10.0.0.5:5060;pn-provider=apns;pn-prid=TOKEN1;pn-param=ABCDE12345.com.example.voip>;+sip.instance=\"<urn:uuid:0000-1>\"";
+
+    #[test]
+    fn register_is_challenged_then_binds_the_push_device() {
+        let mut b = Bench::new();
+        let (challenge, up) = b.register("alice", APNS_CONTACT, None);
+        assert!(
+            challenge.starts_with("SIP/2.0 401 Unauthorized\r\n"),
+            "{challenge}"
+        );
+        assert!(challenge.contains("WWW-Authenticate: Digest realm=\"sipis\""));
+        assert!(
+            up.is_none() && b.registrar.of(1).is_empty(),
+            "nothing bound yet"
+        );
+        let auth = Bench::authorization(&challenge, "s3cret");
+        let (ok, up) = b.register("alice", APNS_CONTACT, Some(&auth));
+        assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
+        // RFC 8599 §4.1.2: the push services sipis supports; pn-* stripped.
+        assert!(ok.contains("Feature-Caps: *;+sip.pns=\"apns\";+sip.pnsreg=\"121\"\r\n"));
+        assert!(
+            ok.contains("Contact: <sip:alice@10.0.0.5:5060>;expires=3600\r\n"),
+            "{ok}"
+        );
+        let (account, woke) = up.unwrap();
+        assert_eq!((account, woke.len()), (1, 1));
+        let d = b.registrar.device(1, &woke[0]).unwrap();
+        let p = d.push.as_ref().unwrap();
+        assert_eq!(
+            (&*p.prid, p.topic().as_deref()),
+            ("TOKEN1", Some("com.example.voip"))
+        );
+        assert!(d.is_registered(b.now));
+        assert!(matches!(
+            b.ctx.events.back(),
+            Some(Event::DeviceSaved { prid, .. }) if prid == "TOKEN1"
+        ));
+    }
+
+    #[test]
+    fn a_wrong_password_gets_403_and_binds_nothing() {
+        let mut b = Bench::new();
+        let (challenge, _) = b.register("alice", APNS_CONTACT, None);
+        let auth = Bench::authorization(&challenge, "guess");
+        let (resp, up) = b.register("alice", APNS_CONTACT, Some(&auth));
+        assert!(resp.starts_with("SIP/2.0 403 Forbidden\r\n"), "{resp}");
+        assert!(up.is_none() && b.registrar.of(1).is_empty());
+        assert_eq!(b.ctx.stats.phone_auth_failures, 1);
+    }
+
+    #[test]
+    fn contact_checks_answer_with_their_error() {
+        let mut b = Bench::new();
+        let (resp, _) = b.authed("<sip:alice@10.0.0.5;pn-provider=webos;pn-prid=x>");
+        assert!(
+            resp.starts_with("SIP/2.0 555 Push Notification Service Not Supported\r\n"),
+            "{resp}"
+        );
+        let (resp, _) = b.authed("<sip:alice@10.0.0.5>;expires=30");
+        assert!(
+            resp.starts_with("SIP/2.0 423 Interval Too Brief\r\n"),
+            "{resp}"
+        );
+        assert!(resp.contains("Min-Expires: 60\r\n"));
+        let (resp, _) = b.authed("<sip:alice@10.0.0.5;pn-provider=apns>");
+        assert!(
+            resp.starts_with("SIP/2.0 400 Missing pn-prid\r\n"),
+            "{resp}"
+        );
+        assert!(b.registrar.of(1).is_empty());
+    }
+
+    #[test]
+    fn the_device_is_the_push_identity_not_the_address() {
+        let mut b = Bench::new();
+        let (_, up) = b.authed(APNS_CONTACT);
+        let first = up.unwrap().1[0].clone();
+        // The app wakes on another address and port: the same device.
+        let moved = APNS_CONTACT.replace("10.0.0.5:5060", "198.51.100.4:61000");
+        let (ok, up) = b.authed(&moved);
+        assert!(ok.starts_with("SIP/2.0 200 OK"));
+        assert_eq!(up.unwrap().1, vec![first.clone()]);
+        assert_eq!(b.registrar.of(1).len(), 1);
+        // Expires: 0 removes it (a logout).
+        let gone = format!("{moved};expires=0");
+        let (ok, up) = b.authed(&gone);
+        assert!(ok.starts_with("SIP/2.0 200 OK"), "{ok}");
+        assert!(up.unwrap().1.is_empty());
+        assert!(b.registrar.of(1).is_empty());
+        assert!(
+            matches!(b.ctx.events.back(), Some(Event::DeviceRemoved { device, .. }) if *device == *first)
+        );
+    }
 }

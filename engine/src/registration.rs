@@ -589,6 +589,7 @@ fn digest_account(cfg: &AccountConfig) -> DigestAccount<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests anchor a simulated clock
 mod tests {
     use super::*;
 

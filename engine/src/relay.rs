@@ -13,13 +13,14 @@
 //!
 //! [`Dialog`]: crate::dialog::Dialog
 
-use crate::calls::{CallState, Calls, Env, Outcome, Reinvite, Relay};
+use crate::calls::{CallState, Calls, Env, Reinvite, Relay};
 use crate::context::Context;
 use crate::error::SipError;
+use crate::outcome::Outcome;
+use crate::output::Transmit;
 use crate::request::{begin_request, body, end_to_end, put_contact, reason_phrase};
 use crate::transaction::{Kind, TxKey};
 use crate::transactions::TxOwner;
-use crate::Transmit;
 use bytes::Bytes;
 use sipis_parser::{self as parser, parse, HeaderName, Message, Method, Writer, EMPTY_HEADER};
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! starts with, and the header rules of a signalling-only B2BUA (what is
 //! copied from one leg to the other, what is rewritten per leg).
 
-use crate::Flow;
+use crate::output::Flow;
 use bytes::{BufMut, Bytes, BytesMut};
 use sipis_parser::{self as parser, is_push_param, Header, HeaderName, Message, Method, Writer};
 
@@ -17,10 +17,8 @@ pub(crate) fn via_transport(flow: Flow) -> &'static str {
 /// Starts a request sipis originates on a leg (RFC 3261 §8.1.1): the
 /// Request-URI, its own Via (`sent_by`, a fresh `branch`, `rport`), the
 /// route set as Route headers in order (§12.2.1.1), Max-Forwards. The
-/// caller writes From, To, Call-ID and CSeq next (a [`Dialog`] does), then
-/// the rest.
-///
-/// [`Dialog`]: crate::dialog::Dialog
+/// caller writes From, To, Call-ID and CSeq next (a leg's `Dialog` does),
+/// then the rest.
 pub(crate) fn begin_request<'b>(
     buf: &'b mut BytesMut,
     method: Method<'_>,
@@ -141,6 +139,7 @@ pub(crate) fn reason_phrase(data: &[u8]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests anchor a simulated clock
 mod tests {
     use super::*;
 

@@ -1071,6 +1071,7 @@ impl ServerTransaction {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests anchor a simulated clock
 mod tests {
     use super::*;
     use sipis_parser::{parse, EMPTY_HEADER};

@@ -10,12 +10,12 @@
 
 use crate::context::{Context, Timer};
 use crate::error::SipError;
+use crate::output::{Flow, Transmit};
 use crate::registration::AccountId;
 use crate::transaction::{
     ClientEvent, ClientTransaction, Kind, Pass, ServerEvent, ServerTransaction, TimerConfig, TxKey,
 };
 use crate::wheel::TimerHandle;
-use crate::{Flow, Transmit};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use sipis_parser::{self as parser, Message, Writer};
@@ -423,6 +423,7 @@ pub(crate) fn respond_stateless(
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests anchor a simulated clock
 mod tests {
     use super::*;
     use sipis_parser::{parse, Method, EMPTY_HEADER};

@@ -640,6 +640,7 @@ fn saturating_nanos(duration: Duration) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests anchor a simulated clock
 mod tests {
     use super::*;
     use proptest::prelude::*;

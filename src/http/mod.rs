@@ -26,6 +26,7 @@
 mod json;
 pub(crate) mod routes;
 pub(crate) mod server;
+pub(crate) mod site;
 mod tls;
 
 pub use json::{
@@ -33,7 +34,7 @@ pub use json::{
     Health, ImportResult, NewAccountRequest, RegState, StatusView, DEFAULT_EXPIRES,
     DEFAULT_LIST_LIMIT, EXPIRES_RANGE, MAX_LIST_LIMIT, PUSH_PROVIDERS,
 };
-pub use server::AdminServer;
+pub use routes::AdminServer;
 
 use crate::store::StoreError;
 use crate::AccountId;

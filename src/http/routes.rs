@@ -2,14 +2,17 @@
 //! [`AdminApi`].
 
 use super::json::{
-    AccountList, AccountUpdate, DeviceList, DeviceRequest, ErrorBody, ImportResult,
-    NewAccountRequest, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT,
+    AccountList, AccountUpdate, DeviceList, DeviceRequest, ImportResult, NewAccountRequest,
+    DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT,
 };
-use super::server::Site;
+use super::server::HttpServer;
+use super::site::{Call, Response, Site, Target, JSON, METRICS};
+use super::HttpError;
 use super::{AdminApi, AdminConfig, ApiError};
 use crate::AccountId;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// A resource of the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,15 +24,6 @@ pub(crate) enum Route {
     Account(AccountId),
     Devices(AccountId),
     Device(AccountId, String),
-}
-
-/// What a request target designates.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Target<R> {
-    Found(R),
-    NotFound,
-    /// Undecodable path (bad `%` escape, not UTF-8).
-    BadPath,
 }
 
 impl Route {
@@ -52,23 +46,6 @@ impl Route {
     /// The bulk import has its own (larger) body limit.
     pub(crate) fn is_import(&self) -> bool {
         *self == Route::Import
-    }
-}
-
-/// Splits a request target into its path and query (without `?`).
-/// Absolute-form targets (`http://host/path`) are accepted.
-pub(crate) fn split_target(target: &str) -> (&str, &str) {
-    let mut t = target;
-    for scheme in ["http://", "https://"] {
-        if t.len() >= scheme.len() && t[..scheme.len()].eq_ignore_ascii_case(scheme) {
-            let rest = &t[scheme.len()..];
-            t = rest.find('/').map_or("/", |i| &rest[i..]);
-            break;
-        }
-    }
-    match t.find('?') {
-        Some(i) => (&t[..i], &t[i + 1..]),
-        None => (t, ""),
     }
 }
 
@@ -175,68 +152,6 @@ pub(crate) fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// A response to write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Response {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: Vec<u8>,
-    pub headers: Vec<(&'static str, String)>,
-    /// Close the connection after this response.
-    pub close: bool,
-    /// Answer to HEAD: headers only, without `Content-Length`.
-    pub omit_body: bool,
-}
-
-pub(crate) const JSON: &str = "application/json";
-pub(crate) const METRICS: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-impl Response {
-    pub(crate) fn json<T: Serialize>(status: u16, value: &T) -> Response {
-        match serde_json::to_vec(value) {
-            Ok(body) => Response {
-                status,
-                content_type: JSON,
-                body,
-                headers: Vec::new(),
-                close: false,
-                omit_body: false,
-            },
-            Err(e) => Response::error(500, &format!("cannot encode response: {e}")),
-        }
-    }
-
-    pub(crate) fn error(status: u16, message: &str) -> Response {
-        Response::json(
-            status,
-            &ErrorBody {
-                error: message.to_string(),
-            },
-        )
-    }
-
-    pub(crate) fn no_content() -> Response {
-        Response {
-            status: 204,
-            content_type: "",
-            body: Vec::new(),
-            headers: Vec::new(),
-            close: false,
-            omit_body: false,
-        }
-    }
-
-    pub(crate) fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {
-        self.headers.push((name, value.into()));
-        self
-    }
-
-    pub(crate) fn closing(mut self) -> Response {
-        self.close = true;
-        self
-    }
-}
-
 impl From<ApiError> for Response {
     fn from(e: ApiError) -> Response {
         let status = if (400..=599).contains(&e.status) {
@@ -246,14 +161,6 @@ impl From<ApiError> for Response {
         };
         Response::error(status, &e.message)
     }
-}
-
-/// The request as the handlers see it.
-pub(crate) struct Call<'a> {
-    pub method: &'a str,
-    pub query: &'a str,
-    pub content_type: Option<&'a str>,
-    pub body: &'a [u8],
 }
 
 /// Serves an allowed method on a route. `server_metrics` appends the
@@ -413,6 +320,36 @@ fn json_body<T: DeserializeOwned>(call: &Call<'_>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
+/// A running admin server. Dropping it shuts it down too.
+pub struct AdminServer(HttpServer<AdminSite>);
+
+impl AdminServer {
+    /// Checks the configuration, loads the TLS files, binds and starts
+    /// serving. Refuses a non-loopback `listen` without a token.
+    pub fn start(cfg: AdminConfig, api: Arc<dyn AdminApi>) -> Result<AdminServer, HttpError> {
+        HttpServer::start(cfg, AdminSite { api }).map(AdminServer)
+    }
+
+    /// The bound address (the port chosen when `listen` had port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.0.local_addr()
+    }
+
+    /// Stops accepting, closes every connection (requests being served
+    /// finish first) and joins all threads.
+    pub fn shutdown(self) {
+        self.0.shutdown();
+    }
+}
+
+impl std::fmt::Debug for AdminServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminServer")
+            .field("local_addr", &self.0.local_addr())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,6 +386,7 @@ mod tests {
 
     #[test]
     fn splits_targets() {
+        use super::super::site::split_target;
         assert_eq!(split_target("/accounts?after=3"), ("/accounts", "after=3"));
         assert_eq!(split_target("http://h:1/accounts?x"), ("/accounts", "x"));
         assert_eq!(split_target("HTTP://h"), ("/", ""));
@@ -456,7 +394,7 @@ mod tests {
 
     #[test]
     fn allow_lists() {
-        use super::super::server::allows;
+        use super::super::site::allows;
         assert!(allows(Route::Accounts.allow(), "POST"));
         assert!(!allows(Route::Accounts.allow(), "PUT"));
         assert!(!allows(Route::Accounts.allow(), "POS"));

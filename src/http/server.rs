@@ -12,12 +12,12 @@
 //! `Connection: close`).
 //!
 //! The server is generic over the [`Site`] it serves: the admin API
-//! ([`AdminServer`]) and the push mediator's front
+//! (`AdminServer`, in `routes`) and the push mediator's front
 //! (`push::mediator::server`) share everything here and differ only in
 //! their routes.
 
-use super::routes::{self, AdminSite, Call, Response, Target};
-use super::{tls, AdminApi, AdminConfig, HttpError};
+use super::site::{self, allows, Call, Response, Site, Target};
+use super::{tls, AdminConfig, HttpError};
 use crate::metrics;
 use crossbeam_channel::{Receiver, Sender};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
@@ -39,61 +39,6 @@ const REJECT_QUEUE: usize = 16;
 /// How long a closing connection is drained so that the client reads our
 /// last response instead of a reset.
 const LINGER: Duration = Duration::from_millis(500);
-
-/// What an [`HttpServer`] serves: its routes and their handlers.
-pub(crate) trait Site: Send + Sync + 'static {
-    /// Names the server in configuration errors (`<NAME>.token`), thread
-    /// names (`sipis-<NAME>-conn`) and metrics (`sipis_<NAME>_connections`).
-    const NAME: &'static str;
-    /// What listens, for error messages ("the admin API").
-    const DESCRIPTION: &'static str;
-    type Route: Send;
-    /// Resolves a request path (without its query).
-    fn resolve(&self, path: &str) -> Target<Self::Route>;
-    /// The `Allow` header value of a route: methods separated by `", "`.
-    fn allow(&self, route: &Self::Route) -> &'static str;
-    fn needs_auth(&self, route: &Self::Route) -> bool;
-    /// The largest request body the route accepts (413 above).
-    fn body_limit(&self, route: &Self::Route, cfg: &AdminConfig) -> usize;
-    /// Serves an allowed, authorised method on a route. `server_metrics`
-    /// appends the server's own metrics (for a `/metrics` route).
-    fn dispatch(
-        &self,
-        route: &Self::Route,
-        call: &Call<'_>,
-        server_metrics: &dyn Fn(&mut String),
-    ) -> Response;
-}
-
-/// A running admin server. Dropping it shuts it down too.
-pub struct AdminServer(HttpServer<AdminSite>);
-
-impl AdminServer {
-    /// Checks the configuration, loads the TLS files, binds and starts
-    /// serving. Refuses a non-loopback `listen` without a token.
-    pub fn start(cfg: AdminConfig, api: Arc<dyn AdminApi>) -> Result<AdminServer, HttpError> {
-        HttpServer::start(cfg, AdminSite { api }).map(AdminServer)
-    }
-
-    /// The bound address (the port chosen when `listen` had port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.0.local_addr()
-    }
-
-    /// Stops accepting, closes every connection (requests being served
-    /// finish first) and joins all threads.
-    pub fn shutdown(self) {
-        self.0.shutdown();
-    }
-}
-
-impl std::fmt::Debug for AdminServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminServer")
-            .field("local_addr", &self.0.local_addr)
-            .finish()
-    }
-}
 
 /// A running HTTP/1.1 server of a [`Site`]. Dropping it shuts it down too.
 pub(crate) struct HttpServer<S: Site> {
@@ -664,7 +609,7 @@ fn serve<S: Site>(shared: &Shared<S>, tcp: TcpStream) {
         let body_len = content_length.unwrap_or(0);
 
         // Route and authentication, before reading any body.
-        let (path, query) = routes::split_target(&head.target);
+        let (path, query) = site::split_target(&head.target);
         let site = &shared.site;
         let target = site.resolve(path);
         let needs_auth = !matches!(&target, Target::Found(r) if !site.needs_auth(r));
@@ -758,11 +703,6 @@ fn serve<S: Site>(shared: &Shared<S>, tcp: TcpStream) {
             return conn.finish(true);
         }
     }
-}
-
-/// Whether `method` is in an `Allow` list ([`Site::allow`]).
-pub(crate) fn allows(allow: &str, method: &str) -> bool {
-    allow.split(", ").any(|m| m == method)
 }
 
 /// Writes a response; false if the connection broke.

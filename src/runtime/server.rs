@@ -698,7 +698,7 @@ impl AdminApi for Core {
                 1e-6,
             );
         }
-        // The call flow (DESIGN §1.3): counters, then latencies.
+        // The call flow (sipis_engine::calls module doc): counters, then latencies.
         let call_counters: [Counter; 11] = [
             (
                 "sipis_phone_registers_total",
@@ -743,7 +743,7 @@ impl AdminApi for Core {
             ),
             (
                 "sipis_late_wakes_total",
-                "Late-wake INVITEs sent (DESIGN 1.4).",
+                "Late-wake INVITEs sent: a device woke after its call ended and got INVITE + CANCEL (iOS CallKit).",
                 |s| s.late_wakes,
             ),
             (

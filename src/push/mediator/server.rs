@@ -14,8 +14,8 @@
 //! connections are what gives the mediator its concurrency.
 
 use super::{Mediator, MediatorConfig, MediatorError};
-use crate::http::routes::{Call, Response, Target, JSON, METRICS};
-use crate::http::server::{HttpServer, Site};
+use crate::http::server::HttpServer;
+use crate::http::site::{Call, Response, Site, Target, JSON, METRICS};
 use crate::http::AdminConfig;
 use crate::push::{PushAnswer, PushRequest};
 use serde::Serialize;

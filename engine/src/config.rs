@@ -1,0 +1,88 @@
+//! The engine's tunables: [`EngineConfig`] for a shard, [`CallConfig`]
+//! for incoming calls and the phones' registrar.
+
+use crate::registration::RegistrationConfig;
+use crate::transaction::TimerConfig;
+use std::time::Duration;
+
+/// Engine tunables.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// RFC 3261 T1, T2, T4.
+    pub timers: TimerConfig,
+    /// Via sent-by of this shard's socket, `host:port`.
+    pub via: String,
+    /// Public `host:port` written in Contacts (what the provider reaches).
+    pub contact_host: String,
+    /// Most REGISTERs this shard sends per second (new cycles, refreshes,
+    /// retries and challenge answers alike), so a restart with 100 000
+    /// accounts does not flood the provider.
+    pub register_rate: u32,
+    /// REGISTERs that may go out back to back before the rate applies.
+    pub register_burst: u32,
+    pub registration: RegistrationConfig,
+    /// Seed of the engine's PRNG (branches, tags, jitter, nonce key).
+    pub seed: u64,
+    /// Public `host:port` of the phones' (shared) port, written in the
+    /// Contact of requests to phones.
+    pub phone_contact_host: String,
+    /// Incoming calls and the phones' registrar.
+    pub calls: CallConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            timers: TimerConfig::default(),
+            via: "127.0.0.1:5060".into(),
+            contact_host: "127.0.0.1:5060".into(),
+            register_rate: 200,
+            register_burst: 10,
+            registration: RegistrationConfig::default(),
+            seed: 0x5151_5151,
+            phone_contact_host: "127.0.0.1:5060".into(),
+            calls: CallConfig::default(),
+        }
+    }
+}
+
+/// `[calls]`: how incoming calls and phones are handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallConfig {
+    /// How long a call waits for a device to wake and connect before the
+    /// caller gets `480` (30 s; Acrobits uses 120 s).
+    pub device_wait: Duration,
+    /// How long each pushed call's outcome is kept for a device that wakes
+    /// late (the late wake, in the module doc).
+    pub late_wake_window: Duration,
+    /// CANCEL a leg this long after its INVITE if the phone sent no
+    /// provisional answer by then — over a stream only: over UDP the
+    /// CANCEL waits for a provisional answer (RFC 3261 §9.1).
+    pub late_wake_guard: Duration,
+    /// Send `X-Sipis-Push-Status: Push-Notification-Sent` in the 180.
+    pub push_status_header: bool,
+    /// Digest realm phones authenticate in (accounts with a password; an
+    /// HA1 account's realm is its AOR's host).
+    pub phone_realm: String,
+    /// Binding lifetimes granted to phones (RFC 3261 §10.3: 423 below min).
+    pub phone_min_expires: u32,
+    pub phone_max_expires: u32,
+    /// `+sip.pnsreg` in Feature-Caps: seconds before expiry a push-woken
+    /// phone should refresh (RFC 8599 §4.1.2).
+    pub pnsreg: u32,
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        CallConfig {
+            device_wait: Duration::from_secs(30),
+            late_wake_window: Duration::from_secs(15),
+            late_wake_guard: Duration::from_secs(1),
+            push_status_header: true,
+            phone_realm: "sipis".into(),
+            phone_min_expires: 60,
+            phone_max_expires: 3600,
+            pnsreg: 121,
+        }
+    }
+}

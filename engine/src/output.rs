@@ -1,0 +1,100 @@
+//! What the engine hands the shell: messages to send ([`Transmit`], over a
+//! [`Flow`]), things to persist or count ([`Event`], [`Stats`]).
+
+use crate::outcome::Outcome;
+use crate::registration::{AccountId, RegStatus, SavedRegistration};
+use bytes::Bytes;
+use sipis_parser as parser;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// How a message arrived or must leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flow {
+    /// This shard's UDP socket (upstream: the provider's side).
+    Udp,
+    /// The public UDP port shared by all shards (phones' side): replies
+    /// leave from that port so they pass the phone's NAT.
+    SharedUdp,
+    /// A TCP/TLS connection of the front, by its id.
+    Stream(u64),
+}
+
+/// A message for the shell to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub dest: SocketAddr,
+    pub flow: Flow,
+    pub payload: Bytes,
+}
+
+/// Things the shell should know about: for the store and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An account's registration changed state.
+    Registration {
+        account: AccountId,
+        status: RegStatus,
+    },
+    /// Persist this (sent with every REGISTER: the CSeq moved).
+    SaveRegistration {
+        account: AccountId,
+        saved: SavedRegistration,
+    },
+    /// A datagram could not be parsed (counted, answered 400 when possible).
+    ParseError {
+        from: SocketAddr,
+        error: parser::Error,
+    },
+    /// A phone registered a push device (or moved its token): persist it.
+    DeviceSaved {
+        account: AccountId,
+        device: String,
+        provider: String,
+        prid: String,
+        param: Option<String>,
+    },
+    /// A device is gone (explicit unregister, or its token is dead).
+    DeviceRemoved { account: AccountId, device: String },
+    /// A call's outcome is decided: one durable row per call.
+    CallOutcome {
+        account: AccountId,
+        call_id: String,
+        caller: String,
+        outcome: Outcome,
+        reason: Option<String>,
+        started: Instant,
+        ended: Instant,
+    },
+}
+
+/// Counters for `/metrics`; monotonic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub datagrams: u64,
+    pub parse_errors: u64,
+    pub registers_sent: u64,
+    pub register_ok: u64,
+    pub register_failed: u64,
+    pub client_tx_timeouts: u64,
+    pub server_tx: u64,
+    pub stray_responses: u64,
+    /// REGISTERs from phones (all, challenged ones included).
+    pub phone_registers: u64,
+    /// Phone REGISTERs refused with 403 (wrong credentials).
+    pub phone_auth_failures: u64,
+    /// INVITEs that started a call.
+    pub calls: u64,
+    pub calls_answered: u64,
+    /// Calls that ended without an answer (no response, caller hung up,
+    /// no device reachable).
+    pub calls_missed: u64,
+    /// Pushes handed to the mediator.
+    pub pushes_requested: u64,
+    pub pushes_sent: u64,
+    pub pushes_failed: u64,
+    pub pushes_token_dead: u64,
+    /// Late-wake INVITEs sent, and those completed with CANCEL + 487.
+    pub late_wakes: u64,
+    pub late_wakes_completed: u64,
+}
