@@ -502,15 +502,17 @@ impl Engine {
         let Some(owner) = self.txs.flush_client(&mut self.ctx, slot) else {
             return;
         };
-        let error = match ev {
-            Some(ClientEvent::Timeout) => Some(RegError::Timeout),
-            Some(ClientEvent::TransportError) => Some(RegError::TransportError),
-            _ => None,
-        };
-        if let Some(error) = error {
-            self.ctx.stats.client_tx_timeouts += u64::from(error == RegError::Timeout);
+        // No answer at all (Timer B/F) or the transport refused the
+        // request (RFC 3261 §17.1.4): the owner learns its request failed.
+        if let Some(ev @ (ClientEvent::Timeout | ClientEvent::TransportError)) = ev {
+            self.ctx.stats.client_tx_timeouts += u64::from(ev == ClientEvent::Timeout);
             match owner {
                 TxOwner::Register(id) => {
+                    let error = if ev == ClientEvent::Timeout {
+                        RegError::Timeout
+                    } else {
+                        RegError::TransportError
+                    };
                     self.accounts
                         .on_failure(&mut self.ctx, &mut self.txs, now, id, error)
                 }

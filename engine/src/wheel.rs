@@ -197,7 +197,7 @@ impl Level {
 
 /// A hierarchical timer wheel holding timers with payload `T`.
 ///
-/// See the module documentation (`src/engine/wheel.rs`) for the levels, the rounding rules and
+/// See the module documentation (`engine/src/wheel.rs`) for the levels, the rounding rules and
 /// how the engine drives it.
 pub struct TimerWheel<T> {
     start: Instant,
