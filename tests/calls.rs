@@ -1,8 +1,9 @@
 //! Incoming calls, driven through the flow simulator: a provider-side
 //! caller, phones woken by a simulated push mediator, and the engine as the
 //! phones' registrar and a signalling-only B2BUA between them (the call
-//! flow and late wake in `sipis_engine`'s `calls` module doc). Every test asserts what a user would check: the bytes each
-//! side received, the pushes, the events, the counters.
+//! flow and late wake in `sipis_engine`'s `calls` module doc). Every test
+//! asserts what a user would check: the bytes each side received, the
+//! pushes, the events, the counters.
 
 mod sim;
 
@@ -2401,4 +2402,210 @@ fn random_flow(seed: u64) {
     let n = outcomes(&s).len();
     assert_eq!(n, 1, "seed {seed}: {:?}", outcomes(&s));
     settle(&mut s);
+}
+
+// ---- field bugs: forks, quirky UDP, dialogs with the provider -------------
+
+/// A second account (user2, its own Contact token) registered at the same
+/// provider.
+fn second_account(s: &mut Sim) -> &'static str {
+    const TOKEN2: &str = "tok00000002";
+    s.registrar.add_user("user2", "pw2");
+    let now = s.now;
+    s.engine.add_account(
+        now,
+        AccountConfig {
+            id: 2,
+            aor: "sip:user2@provider.test".into(),
+            auth_user: "user2".into(),
+            secret: AccountSecret::Password("pw2".into()),
+            token: TOKEN2.into(),
+            ..account()
+        },
+        None,
+    );
+    s.run_for(Duration::from_secs(1));
+    TOKEN2
+}
+
+#[test]
+fn provider_fork_to_two_accounts_pushes_both_and_connects_the_answered_one() {
+    let mut s = sim();
+    let token2 = second_account(&mut s);
+    provision(&mut s, "iphone", IPHONE);
+    assert!(s.engine.put_device(2, "ipad", "apns", IPAD, Some(PN_PARAM)));
+    let p1 = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    let p2 = phone(&mut s, PHONE2, IPAD, None);
+    {
+        let mut p2 = p2.borrow_mut();
+        (p2.user, p2.auth_user, p2.password) = ("user2".into(), "user2".into(), "pw2".into());
+    }
+    // A hunt group: the provider forks one call (same Call-ID, From-tag
+    // and CSeq; its own branch per fork) to both accounts.
+    let c1 = caller(&mut s);
+    let c2 = s.add_peer(
+        SimCaller::new(addr("127.0.0.4:5060"), s.engine_addr, token2),
+        Flow::Udp,
+    );
+    {
+        let c1 = c1.borrow();
+        let mut c2 = c2.borrow_mut();
+        c2.call_id = c1.call_id.clone();
+        c2.from_tag = c1.from_tag.clone();
+        c2.to_uri = "sip:user2@provider.test".into();
+        // The provider cancels this fork once the other one is answered.
+        c2.cancel_after = Some(Duration::from_secs(6));
+    }
+    c1.borrow_mut().bye_after_answer = Some(Duration::from_secs(3));
+    start(&mut s, &c1);
+    start(&mut s, &c2);
+    s.run_for(Duration::from_secs(2));
+    // Both accounts' devices were pushed for the one Call-ID; neither fork
+    // was refused as a loop.
+    let pushes = s.mediator.of_kind(PushKind::IncomingCall);
+    let mut pushed: Vec<(u64, String)> = pushes
+        .iter()
+        .map(|p| (p.account, p.call.call_id.clone()))
+        .collect();
+    pushed.sort();
+    let call_id = c1.borrow().call_id.clone();
+    assert_eq!(pushed, vec![(1, call_id.clone()), (2, call_id.clone())]);
+    assert!(!c2.borrow().ua.codes("INVITE").contains(&482));
+    // The first account's phone woke and answered; the dialog works end
+    // to end (BYE from the caller reaches the phone of account 1).
+    s.run_for(Duration::from_secs(10));
+    assert_eq!(c1.borrow().final_code, Some(200));
+    let p1b = p1.borrow();
+    assert_eq!(p1b.invites().len(), 1);
+    assert!(
+        !p1b.ua.requests("BYE").is_empty(),
+        "the caller's BYE reached the phone"
+    );
+    // The provider cancelled the other fork: 487 there.
+    drop(p1b);
+    assert_eq!(c2.borrow().final_code, Some(487));
+    settle(&mut s);
+}
+
+#[test]
+fn a_merged_invite_for_the_same_account_gets_482() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let _p = phone(&mut s, PHONE1, IPHONE, None);
+    let c1 = caller(&mut s);
+    // The same request reaching sipis twice by two paths (RFC 3261
+    // §8.2.2.2): same Call-ID, From-tag and CSeq, another branch.
+    let c2 = s.add_peer(
+        SimCaller::new(addr("127.0.0.4:5060"), s.engine_addr, ACCOUNT_TOKEN),
+        Flow::Udp,
+    );
+    {
+        let c1 = c1.borrow();
+        let mut c2 = c2.borrow_mut();
+        c2.call_id = c1.call_id.clone();
+        c2.from_tag = c1.from_tag.clone();
+    }
+    start(&mut s, &c1);
+    start(&mut s, &c2);
+    s.run_for(Duration::from_secs(2));
+    assert_eq!(c2.borrow().final_code, Some(482));
+    assert_eq!(s.mediator.of_kind(PushKind::IncomingCall).len(), 1);
+}
+
+#[test]
+fn udp_invite_without_content_length_reaches_the_phone_with_its_sdp() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    let c = caller(&mut s);
+    c.borrow_mut().no_content_length = true;
+    c.borrow_mut().bye_after_answer = Some(Duration::from_secs(2));
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(10));
+    let pb = p.borrow();
+    let invites = pb.invites();
+    assert_eq!(invites.len(), 1);
+    // Byte-exact SDP, and a Content-Length that says so.
+    assert_eq!(body(&invites[0]), CALLER_SDP.as_bytes());
+    assert_eq!(
+        header(&invites[0], "Content-Length"),
+        Some(CALLER_SDP.len().to_string())
+    );
+    assert_eq!(c.borrow().final_code, Some(200));
+    drop(pb);
+    settle(&mut s);
+}
+
+#[test]
+fn crlf_keepalives_over_udp_are_not_parse_errors() {
+    let mut s = sim();
+    let p = phone(&mut s, PHONE1, IPHONE, None);
+    let phone_port = s.phone_addr;
+    s.poke(&p, |_, _, out| {
+        out.push((phone_port, bytes::Bytes::from_static(b"\r\n\r\n")));
+        out.push((phone_port, bytes::Bytes::from_static(b"\r\n")));
+    });
+    s.run_for(Duration::from_secs(1));
+    let stats = s.engine.stats();
+    assert_eq!((stats.keepalives, stats.parse_errors), (2, 0));
+    assert!(!s
+        .events
+        .iter()
+        .any(|(_, e)| matches!(e, Event::ParseError { .. })));
+    // Nothing is answered over UDP.
+    assert!(s.sent.iter().all(|(_, to, _)| *to != addr(PHONE1)));
+}
+
+#[test]
+fn sipis_own_180_carries_a_contact_for_the_early_dialog() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let _p = phone(&mut s, PHONE1, IPHONE, None);
+    let c = caller(&mut s);
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(2));
+    let cb = c.borrow();
+    let ringing = cb
+        .ua
+        .responses("INVITE")
+        .into_iter()
+        .find(|r| status(r) == Some(180))
+        .expect("180 (push sent)");
+    assert_eq!(
+        header(&ringing, "X-Sipis-Push-Status").as_deref(),
+        Some("Push-Notification-Sent")
+    );
+    // RFC 3261 §12.1.1: a dialog-creating response carries a Contact.
+    assert_eq!(
+        header(&ringing, "Contact"),
+        Some(format!("<sip:{ACCOUNT_TOKEN}@{ENGINE}>"))
+    );
+}
+
+#[test]
+fn requests_from_the_phone_to_the_caller_follow_the_providers_record_route() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    p.borrow_mut().script.bye_after_answer = Some(Duration::from_secs(2));
+    let c = caller(&mut s);
+    // The provider's proxy record-routes from another address than the
+    // one the INVITE arrived from.
+    const PROXY: &str = "127.0.0.5:5070";
+    c.borrow_mut()
+        .extra
+        .push(("Record-Route".into(), format!("<sip:{PROXY};lr>")));
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(6));
+    let byes: Vec<_> = s
+        .sent
+        .iter()
+        .filter(|(_, _, d)| method(d).as_deref() == Some("BYE"))
+        .collect();
+    assert!(!byes.is_empty(), "the phone's BYE was relayed");
+    for (_, to, bye) in byes {
+        assert_eq!(*to, addr(PROXY), "BYE sent to the route set's first hop");
+        assert_eq!(header(bye, "Route"), Some(format!("<sip:{PROXY};lr>")));
+        assert!(text(bye).starts_with(&format!("BYE sip:bob@{CALLER} SIP/2.0\r\n")));
+    }
 }

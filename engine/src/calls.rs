@@ -325,8 +325,10 @@ pub(crate) struct Calls {
     pub hosts: Hosts,
     pub timers: TimerConfig,
     pub calls: Slab<Call>,
-    /// Call-ID → its slot.
-    pub call_ids: HashMap<Box<[u8]>, usize>,
+    /// Call-ID → the slots of its calls: one per account, since a
+    /// provider forking one call to several accounts (a hunt group) sends
+    /// the same Call-ID to each.
+    call_ids: HashMap<Box<[u8]>, Vec<usize>>,
     /// Account → its calls' slots.
     by_account: HashMap<AccountId, Vec<usize>>,
     pub relays: Slab<Relay>,
@@ -369,9 +371,22 @@ impl Calls {
         self.calls.get_mut(c).filter(|x| x.gen == gen)
     }
 
-    /// The call with this Call-ID.
-    pub fn by_call_id(&self, call_id: &[u8]) -> Option<usize> {
-        self.call_ids.get(call_id).copied()
+    /// The call with this Call-ID for `account` (the account the request
+    /// names); when the request names none, the only or first call with
+    /// that Call-ID.
+    pub fn find(&self, account: Option<AccountId>, call_id: &[u8]) -> Option<usize> {
+        let slots = self.call_ids.get(call_id)?;
+        match account {
+            Some(a) => slots.iter().copied().find(|&c| self.calls[c].account == a),
+            None => slots.first().copied(),
+        }
+    }
+
+    /// The call a request belongs to: by the account its Request-URI
+    /// names (our Contact's token on either leg) and its Call-ID.
+    pub fn of_request(&self, accounts: &Accounts, msg: &Message<'_, '_>) -> Option<usize> {
+        let call_id = msg.call_id().ok()?;
+        self.find(accounts.of_request(msg), call_id)
     }
 
     // ---- incoming INVITE ------------------------------------------------
@@ -403,9 +418,11 @@ impl Calls {
                 .reply_error(env.ctx, now, slot, msg, SipError::NotFound);
         };
         let Ok(call_id) = msg.call_id() else { return };
-        if self.call_ids.contains_key(call_id) {
-            // A second INVITE with a live Call-ID but another branch (a
-            // spiral or a fork back to us): not a new call.
+        if self.find(Some(account), call_id).is_some() {
+            // A second INVITE for this account with a live Call-ID but
+            // another branch: a merged request (RFC 3261 §8.2.2.2) or a
+            // spiral, not a new call. The same Call-ID for another account
+            // is a fork of the provider's (a hunt group): a call of its own.
             return env
                 .txs
                 .reply_error(env.ctx, now, slot, msg, SipError::LoopDetected);
@@ -453,7 +470,7 @@ impl Calls {
             up_acked: None,
             timed: CallMarks::default(),
         });
-        self.call_ids.insert(call_id.into(), c);
+        self.call_ids.entry(call_id.into()).or_default().push(c);
         self.by_account.entry(account).or_default().push(c);
         // Phones that are up get the INVITE now; the others are woken.
         let devices: Vec<(Box<str>, bool, bool, bool)> = env
@@ -1223,7 +1240,11 @@ impl Calls {
             return;
         };
         if (101..300).contains(&code) {
+            // A provisional or 2xx of sipis's own makes an (early) dialog
+            // with the caller: Record-Route and a Contact (RFC 3261 §12.1.1).
             w.copy_named(&inv, HeaderName::RecordRoute);
+            let (token, host) = (&call.token, &self.hosts.contact);
+            w.header_with("Contact", |o| put_contact(o, token, host));
         }
         extra(&mut w);
         w.finish(b"");
@@ -1450,7 +1471,12 @@ impl Calls {
     /// Removes a call record; its timers go with it.
     fn remove_call(&mut self, ctx: &mut Context, c: usize) {
         let call = self.calls.remove(c);
-        self.call_ids.remove(&call.up.call_id[..]);
+        if let Some(slots) = self.call_ids.get_mut(&call.up.call_id[..]) {
+            slots.retain(|&x| x != c);
+            if slots.is_empty() {
+                self.call_ids.remove(&call.up.call_id[..]);
+            }
+        }
         ctx.cancel(call.wait);
         ctx.cancel(call.purge);
         ctx.cancel(call.up_retx.map(|r| r.timer));

@@ -297,6 +297,13 @@ impl Engine {
     /// A datagram (or a framed stream message) arrived from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, flow: Flow, data: &[u8]) {
         self.ctx.stats.datagrams += 1;
+        if data.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+            // A keep-alive: CRLF (or CRLFCRLF) that many UAs send over UDP
+            // to hold their NAT binding open. Nothing to answer over UDP
+            // (RFC 5626 §4.4.1 pongs only on streams), nothing wrong.
+            self.ctx.stats.keepalives += 1;
+            return;
+        }
         let mut headers = [EMPTY_HEADER; 64];
         let msg = match parse(data, &mut headers) {
             Ok(m) => m,

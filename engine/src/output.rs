@@ -72,6 +72,8 @@ pub enum Event {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     pub datagrams: u64,
+    /// CRLF keep-alives received (not counted as parse errors).
+    pub keepalives: u64,
     pub parse_errors: u64,
     pub registers_sent: u64,
     pub register_ok: u64,

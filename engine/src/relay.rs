@@ -18,7 +18,7 @@ use crate::context::Context;
 use crate::error::SipError;
 use crate::outcome::Outcome;
 use crate::output::Transmit;
-use crate::request::{begin_request, body, end_to_end, put_contact, reason_phrase};
+use crate::request::{begin_request, body, end_to_end, next_hop, put_contact, reason_phrase};
 use crate::transaction::{Kind, TxKey};
 use crate::transactions::TxOwner;
 use bytes::Bytes;
@@ -47,7 +47,7 @@ impl Calls {
                 .reply_error(env.ctx, now, slot, msg, SipError::NoSuchCall);
         };
         env.txs.reply(env.ctx, now, slot, msg, 200, "OK", |_| {});
-        let Some(c) = msg.call_id().ok().and_then(|id| self.by_call_id(id)) else {
+        let Some(c) = self.of_request(env.accounts, msg) else {
             return;
         };
         let call = &mut self.calls[c];
@@ -81,7 +81,7 @@ impl Calls {
         msg: &Message<'_, '_>,
         data: &[u8],
     ) {
-        let Some(c) = msg.call_id().ok().and_then(|id| self.by_call_id(id)) else {
+        let Some(c) = self.of_request(env.accounts, msg) else {
             return;
         };
         let to_tag = msg.to().ok().and_then(|t| t.tag());
@@ -141,7 +141,7 @@ impl Calls {
         slot: usize,
     ) {
         let method = msg.method().unwrap_or(Method::Options);
-        let Some(c) = msg.call_id().ok().and_then(|id| self.by_call_id(id)) else {
+        let Some(c) = self.of_request(env.accounts, msg) else {
             return env
                 .txs
                 .reply_error(env.ctx, now, slot, msg, SipError::NoSuchCall);
@@ -272,7 +272,11 @@ impl Calls {
                 to_phone: false,
             });
         }
-        let (dest, flow) = (call.up_src, call.up_flow);
+        // RFC 3261 §12.2.1.1: by the route set (the provider's
+        // Record-Route), else to the caller's Contact — not to wherever
+        // the INVITE came from, unless that is all sipis can resolve.
+        let dest = next_hop(&call.up.route_set, &call.up.remote_target).unwrap_or(call.up_src);
+        let flow = call.up_flow;
         let ctx = &mut *env.ctx;
         let branch = ctx.new_branch();
         let d = &call.up;

@@ -5,6 +5,7 @@
 use crate::output::Flow;
 use bytes::{BufMut, Bytes, BytesMut};
 use sipis_parser::{self as parser, is_push_param, Header, HeaderName, Message, Method, Writer};
+use std::net::SocketAddr;
 
 /// The transport token of a Via for `flow` (RFC 3261 §18.2.1, §20.42).
 pub(crate) fn via_transport(flow: Flow) -> &'static str {
@@ -115,10 +116,58 @@ pub(crate) fn put_cseq(w: &mut Writer<'_>, n: u32, method: Method<'_>) {
     });
 }
 
-/// The body of a message: what follows the header block.
-pub(crate) fn body<'a>(data: &'a [u8], msg: &Message<'_, 'a>) -> &'a [u8] {
-    let len = msg.content_length().unwrap_or(0) as usize;
-    &data[data.len().saturating_sub(len)..]
+/// The body of a message: `Content-Length` bytes after the blank line, or
+/// over UDP without Content-Length the rest of the datagram (RFC 3261
+/// §18.3), as the parser found it.
+pub(crate) fn body<'a>(_data: &'a [u8], msg: &Message<'_, 'a>) -> &'a [u8] {
+    msg.body
+}
+
+/// Where a request in a dialog goes first (RFC 3261 §12.2.1.1, §8.1.2):
+/// the top Route's URI when it is a loose router, else the remote target —
+/// when that URI names an IP address (the engine does no DNS); `None`
+/// otherwise, for the caller to fall back on where the dialog's peer
+/// last sent from.
+pub(crate) fn next_hop(route_set: &[Bytes], remote_target: &[u8]) -> Option<SocketAddr> {
+    let uri_of = |v: &[u8]| -> Option<Bytes> {
+        let na = parser::NameAddr::parse(v).ok()?;
+        Some(Bytes::copy_from_slice(na.uri.raw))
+    };
+    let hop = match route_set.first() {
+        Some(r) => {
+            let raw = uri_of(r)?;
+            let uri = parser::Uri::parse(&raw).ok()?;
+            let lr = uri
+                .params
+                .iter()
+                .map_while(Result::ok)
+                .any(|p| p.name.eq_ignore_ascii_case(b"lr"));
+            if !lr {
+                // A strict router (RFC 2543): not supported; the peer's
+                // address is used.
+                return None;
+            }
+            address_of(&uri)
+        }
+        None => address_of(&parser::Uri::parse(remote_target).ok()?),
+    };
+    hop
+}
+
+/// The socket address of a SIP URI whose host is an IP literal (port 5060
+/// when absent, 5061 for `sips:`).
+fn address_of(uri: &parser::Uri<'_>) -> Option<SocketAddr> {
+    let default = if matches!(uri.scheme, parser::Scheme::Sips) {
+        5061
+    } else {
+        5060
+    };
+    let ip = match uri.host {
+        parser::Host::V4(a) => std::net::IpAddr::V4(a),
+        parser::Host::V6(a) => std::net::IpAddr::V6(a),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, uri.port.unwrap_or(default)))
 }
 
 /// The Contact URI of a message (the remote target), without `pn-*`.
@@ -183,6 +232,31 @@ mod tests {
              Max-Forwards: 70\r\n\
              Content-Length: 0\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn in_dialog_requests_go_to_the_loose_router_else_the_remote_target() {
+        let routes = [
+            Bytes::from_static(b"<sip:192.0.2.20;lr>"),
+            Bytes::from_static(b"<sip:192.0.2.21;lr>"),
+        ];
+        let target = b"sip:bob@198.51.100.7:5080";
+        assert_eq!(next_hop(&routes, target), "192.0.2.20:5060".parse().ok());
+        assert_eq!(next_hop(&[], target), "198.51.100.7:5080".parse().ok());
+        assert_eq!(
+            next_hop(&[Bytes::from_static(b"<sips:[2001:db8::1];lr>")], target),
+            "[2001:db8::1]:5061".parse().ok()
+        );
+        // Names need RFC 3263 resolution; strict routers are not followed.
+        assert_eq!(
+            next_hop(&[Bytes::from_static(b"<sip:pbx.example;lr>")], target),
+            None
+        );
+        assert_eq!(
+            next_hop(&[Bytes::from_static(b"<sip:192.0.2.20>")], target),
+            None
+        );
+        assert_eq!(next_hop(&[], b"sip:bob@pbx.example"), None);
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct SimCaller {
     pub cseq: u32,
     /// Extra INVITE headers (Priority, Replaces, Record-Route, ...).
     pub extra: Vec<(String, String)>,
+    /// Send the INVITE over UDP without Content-Length (RFC 3261 §18.3
+    /// allows it: the body is the rest of the datagram).
+    pub no_content_length: bool,
     /// CANCEL this long after the INVITE, unless answered by then.
     pub cancel_after: Option<Duration>,
     /// The CANCEL's Reason header value.
@@ -78,6 +81,7 @@ impl SimCaller {
             ack_sdp: None,
             cseq: 1,
             extra: Vec::new(),
+            no_content_length: false,
             cancel_after: None,
             cancel_reason: None,
             bye_after_answer: None,
@@ -125,11 +129,15 @@ impl SimCaller {
         if !self.sdp.is_empty() {
             s.push_str("Content-Type: application/sdp\r\n");
         }
-        s.push_str(&format!(
-            "Content-Length: {}\r\n\r\n{}",
-            self.sdp.len(),
-            self.sdp
-        ));
+        if self.no_content_length {
+            s.push_str(&format!("\r\n{}", self.sdp));
+        } else {
+            s.push_str(&format!(
+                "Content-Length: {}\r\n\r\n{}",
+                self.sdp.len(),
+                self.sdp
+            ));
+        }
         let invite = Bytes::from(s);
         self.invite = Some(invite.clone());
         self.cancel_at = self.cancel_after.map(|d| now + d);
