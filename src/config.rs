@@ -32,6 +32,7 @@
 //! read while loading, because [`PushConfig`] and [`MediatorConfig`] carry
 //! the token itself (the push client and the mediator get it ready to use).
 
+use crate::digest;
 use crate::push::client::PushConfig;
 use crate::push::mediator::{ApnsConfig, FcmConfig, MediatorConfig};
 use crate::{CallConfig, EngineConfig, RegistrationConfig, TimerConfig};
@@ -1107,6 +1108,7 @@ struct RawCalls {
     phone_min_expires: V,
     phone_max_expires: V,
     pnsreg: V,
+    phone_digest_algorithms: V,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -1507,6 +1509,44 @@ impl Reader {
 
     fn path(&mut self, key: &'static str, v: V) -> Option<PathBuf> {
         self.nonempty(key, v).map(PathBuf::from)
+    }
+
+    /// A non-empty list of digest algorithm names (`"MD5"`, `"SHA-256"`,
+    /// `"SHA-512-256"`), each at most once, in the order phones are
+    /// challenged with them.
+    fn digest_algorithms(&mut self, key: &'static str, v: V) -> Option<Vec<digest::Algorithm>> {
+        let toml::Value::Array(items) = v? else {
+            return self.fail(
+                key,
+                "expected a list such as [\"MD5\"] or [\"SHA-256\", \"MD5\"]".into(),
+            );
+        };
+        if items.is_empty() {
+            return self.fail(key, "expected at least one algorithm".into());
+        }
+        let mut out = Vec::new();
+        for item in &items {
+            let alg = item
+                .as_str()
+                .and_then(|t| digest::Algorithm::from_token(t).ok())
+                .filter(|a| !a.is_sess());
+            match alg {
+                Some(a) if !out.contains(&a) => out.push(a),
+                Some(a) => {
+                    return self.fail(key, format!("{} is listed twice", a.as_str()));
+                }
+                None => {
+                    return self.fail(
+                        key,
+                        format!(
+                            "unknown algorithm {}: expected \"MD5\", \"SHA-256\" or \"SHA-512-256\"",
+                            got(item)
+                        ),
+                    );
+                }
+            }
+        }
+        Some(out)
     }
 
     fn boolean(&mut self, key: &'static str, v: V) -> Option<bool> {
@@ -2016,6 +2056,9 @@ fn convert(raw: RawFile, r: &mut Reader) -> Config {
         pnsreg: r
             .int("calls.pnsreg", s.pnsreg, "seconds", 1..=86_400)
             .map_or(d.calls.pnsreg, |n| n as u32),
+        phone_digest_algorithms: r
+            .digest_algorithms("calls.phone_digest_algorithms", s.phone_digest_algorithms)
+            .unwrap_or(d.calls.phone_digest_algorithms),
     };
 
     let s = raw.push.unwrap_or_default();

@@ -1965,13 +1965,14 @@ fn failed_pushes_for_every_device_get_480_at_once_and_keep_the_devices() {
 }
 
 #[test]
-fn invite_for_unknown_token_gets_404() {
+fn invite_for_unknown_token_gets_480_like_an_unreachable_account() {
     let mut s = sim();
     let c = SimCaller::new(addr(CALLER), s.engine_addr, "nosuchtoken");
     let c = s.add_peer(c, Flow::Udp);
     start(&mut s, &c);
     s.run_for(Duration::from_secs(2));
-    assert_eq!(c.borrow().ua.codes("INVITE"), vec![100, 404]);
+    // Not 404: that would tell a prober which accounts exist.
+    assert_eq!(c.borrow().ua.codes("INVITE"), vec![100, 480]);
     assert!(s.mediator.log.is_empty());
     settle(&mut s);
 }
@@ -2608,4 +2609,89 @@ fn requests_from_the_phone_to_the_caller_follow_the_providers_record_route() {
         assert_eq!(header(bye, "Route"), Some(format!("<sip:{PROXY};lr>")));
         assert!(text(bye).starts_with(&format!("BYE sip:bob@{CALLER} SIP/2.0\r\n")));
     }
+}
+
+// ---- nothing reveals which users exist ----------------------------------
+
+/// A response with what differs per request blanked out: tags, branches,
+/// nonces, Call-ID, and the prober's own user and address.
+fn shape(resp: &[u8], user: &str, at: &str) -> String {
+    let (ip, port) = at.rsplit_once(':').unwrap();
+    let t = text(resp)
+        .replace(user, "USER")
+        .replace(at, "ADDR")
+        .replace(&format!("={ip};"), "=IP;")
+        .replace(&format!("={port}"), "=PORT");
+    let mut out = String::new();
+    for line in t.split("\r\n") {
+        let mut l = line.to_owned();
+        for key in ["tag=", "branch=", "nonce=\"", "opaque=\""] {
+            let mut from = 0;
+            while let Some(i) = l[from..].find(key).map(|i| i + from) {
+                let start = i + key.len();
+                let end = l[start..]
+                    .find([';', '"', ',', '>'])
+                    .map_or(l.len(), |e| start + e);
+                l.replace_range(start..end, "X");
+                from = start + 1;
+            }
+        }
+        if l.to_ascii_lowercase().starts_with("call-id:") {
+            l = "Call-ID: X".into();
+        }
+        out.push_str(&l);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn register_and_invite_answers_do_not_tell_unknown_users_from_known_ones() {
+    let mut s = sim();
+    // A known user guessing a password, and a user that does not exist.
+    let known = phone(&mut s, PHONE1, IPHONE, None);
+    known.borrow_mut().password = "guess".into();
+    let unknown = phone(&mut s, PHONE2, IPAD, None);
+    {
+        let mut u = unknown.borrow_mut();
+        (u.user, u.auth_user, u.password) = ("user9".into(), "user9".into(), "guess".into());
+    }
+    s.poke(&known, |p, now, out| p.register(now, out));
+    s.poke(&unknown, |p, now, out| p.register(now, out));
+    s.run_for(Duration::from_secs(2));
+    let k = known.borrow().ua.responses("REGISTER");
+    let u = unknown.borrow().ua.responses("REGISTER");
+    let codes = |r: &[bytes::Bytes]| r.iter().map(|m| status(m)).collect::<Vec<_>>();
+    assert_eq!(codes(&k), vec![Some(401), Some(403)]);
+    assert_eq!(codes(&u), codes(&k));
+    for (a, b) in k.iter().zip(&u) {
+        assert_eq!(
+            shape(a, "user1", PHONE1),
+            shape(b, "user9", PHONE2),
+            "known and unknown users answered differently"
+        );
+    }
+    // INVITE: an unknown Contact token is answered like an account with
+    // no device to reach.
+    let c1 = caller(&mut s);
+    let c2 = s.add_peer(
+        SimCaller::new(addr("127.0.0.4:5060"), s.engine_addr, "tok99999999"),
+        Flow::Udp,
+    );
+    start(&mut s, &c1);
+    start(&mut s, &c2);
+    s.run_for(Duration::from_secs(2));
+    let r1 = c1.borrow().ua.responses("INVITE");
+    let r2 = c2.borrow().ua.responses("INVITE");
+    assert_eq!(codes(&r1), vec![Some(100), Some(480)]);
+    assert_eq!(codes(&r2), codes(&r1));
+    for (a, b) in r1.iter().zip(&r2) {
+        let a = shape(a, ACCOUNT_TOKEN, CALLER);
+        let b = shape(b, "tok99999999", "127.0.0.4:5060");
+        assert_eq!(a, b);
+    }
+    assert_eq!(
+        header(&r2[1], "X-Sipis-Reason").as_deref(),
+        Some("Device-Not-Reachable")
+    );
 }

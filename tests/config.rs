@@ -102,7 +102,7 @@ fn defaults_are_the_documented_ones() {
 #[test]
 fn example_file_documents_every_key() {
     let keys = Config::known_keys();
-    assert_eq!(keys.len(), 61, "{keys:?}");
+    assert_eq!(keys.len(), 62, "{keys:?}");
     // Subsections contribute their keys, not themselves.
     assert!(keys.contains(&"mediator.apns.key_id".to_owned()));
     assert!(keys.contains(&"mediator.fcm.send_url".to_owned()));
@@ -765,6 +765,11 @@ fn calls_defaults_match_the_engine_and_the_design() {
         (60, 3600)
     );
     assert_eq!(c.calls.pnsreg, 121);
+    // MD5 alone: every common softphone answers that 401.
+    assert_eq!(
+        c.calls.phone_digest_algorithms,
+        vec![sipis::digest::Algorithm::Md5]
+    );
 }
 
 #[test]
@@ -772,7 +777,8 @@ fn calls_section_takes_every_key() {
     let c = parse(&with_minimal(
         "[calls]\ndevice_wait = \"2m\"\nlate_wake_window = \"20s\"\nlate_wake_guard = 750\n\
          push_status_header = false\nphone_realm = \"phones.example.net\"\n\
-         phone_min_expires = 30\nphone_max_expires = 7200\npnsreg = 300\n",
+         phone_min_expires = 30\nphone_max_expires = 7200\npnsreg = 300\n\
+         phone_digest_algorithms = [\"SHA-256\", \"MD5\"]\n",
     ))
     .unwrap();
     assert_eq!(
@@ -786,6 +792,10 @@ fn calls_section_takes_every_key() {
             phone_min_expires: 30,
             phone_max_expires: 7200,
             pnsreg: 300,
+            phone_digest_algorithms: vec![
+                sipis::digest::Algorithm::Sha256,
+                sipis::digest::Algorithm::Md5
+            ],
         }
     );
 }
@@ -815,6 +825,19 @@ fn calls_bad_values_name_their_keys() {
             "calls.push_status_header: expected true or false, got 1",
         ),
         ("phone_realm = \"\"", "calls.phone_realm: must not be empty"),
+        (
+            "phone_digest_algorithms = []",
+            "calls.phone_digest_algorithms: expected at least one algorithm",
+        ),
+        (
+            "phone_digest_algorithms = [\"MD4\"]",
+            "calls.phone_digest_algorithms: unknown algorithm \"MD4\": expected \"MD5\", \
+             \"SHA-256\" or \"SHA-512-256\"",
+        ),
+        (
+            "phone_digest_algorithms = [\"MD5\", \"md5\"]",
+            "calls.phone_digest_algorithms: MD5 is listed twice",
+        ),
         (
             "phone_realm = \"my realm\"",
             "calls.phone_realm: \"my realm\" must be at most 128 visible ASCII characters \

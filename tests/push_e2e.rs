@@ -173,9 +173,9 @@ token = "{PUSH_TOKEN}"
         )
     };
     // Provisioning reaches the shard asynchronously (its control channel):
-    // while the shard does not know the account yet it answers 404, and
-    // while it does not know the device yet, 480 without pushing; the
-    // caller then tries again with a new call.
+    // while the shard does not know the account or its device yet it
+    // answers 480 without pushing (404 before sipis stopped telling
+    // unknown accounts apart); the caller then tries again with a new call.
     let mut got: Vec<String> = Vec::new();
     let mut buf = [0u8; 65_535];
     let end = Instant::now() + Duration::from_secs(15);

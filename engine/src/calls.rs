@@ -413,9 +413,10 @@ impl Calls {
             .of_request(msg)
             .and_then(|id| env.accounts.get(id).map(|a| (id, a.cfg.token.as_str())))
         else {
-            return env
-                .txs
-                .reply_error(env.ctx, now, slot, msg, SipError::NotFound);
+            // Answered as an account that exists but has no reachable device
+            // would be: nothing tells a caller probing for users which exist.
+            let e = SipError::DeviceNotReachable;
+            return env.txs.reply_error(env.ctx, now, slot, msg, e);
         };
         let Ok(call_id) = msg.call_id() else { return };
         if self.find(Some(account), call_id).is_some() {
@@ -1664,7 +1665,7 @@ mod tests {
                 },
                 None,
             );
-            let mut registrar = Registrar::new(CallConfig::default(), 3, now);
+            let mut registrar = Registrar::new(CallConfig::default(), [3; 32], now);
             registrar.put_device(
                 1,
                 "iphone",

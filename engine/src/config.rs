@@ -21,8 +21,12 @@ pub struct EngineConfig {
     /// REGISTERs that may go out back to back before the rate applies.
     pub register_burst: u32,
     pub registration: RegistrationConfig,
-    /// Seed of the engine's PRNG (branches, tags, jitter, nonce key).
+    /// Seed of the engine's PRNG when no `key` is given (simulations:
+    /// reproducible, and predictable to whoever knows it).
     pub seed: u64,
+    /// 32 bytes from the OS keying the engine's CSPRNG (branches, tags,
+    /// Call-IDs, push ids, the phones' nonce key). The shell sets it.
+    pub key: Option<crate::rng::RngKey>,
     /// Public `host:port` of the phones' (shared) port, written in the
     /// Contact of requests to phones.
     pub phone_contact_host: String,
@@ -40,6 +44,7 @@ impl Default for EngineConfig {
             register_burst: 10,
             registration: RegistrationConfig::default(),
             seed: 0x5151_5151,
+            key: None,
             phone_contact_host: "127.0.0.1:5060".into(),
             calls: CallConfig::default(),
         }
@@ -70,6 +75,11 @@ pub struct CallConfig {
     /// `+sip.pnsreg` in Feature-Caps: seconds before expiry a push-woken
     /// phone should refresh (RFC 8599 §4.1.2).
     pub pnsreg: u32,
+    /// The digest algorithms phones are challenged with, one
+    /// `WWW-Authenticate` each, in this order (RFC 8760 §2.4: most
+    /// preferred first). MD5 alone by default: a libre-based client
+    /// (baresip) abandons a 401 that lists SHA-256 beside MD5.
+    pub phone_digest_algorithms: Vec<crate::digest::Algorithm>,
 }
 
 impl Default for CallConfig {
@@ -83,6 +93,7 @@ impl Default for CallConfig {
             phone_min_expires: 60,
             phone_max_expires: 3600,
             pnsreg: 121,
+            phone_digest_algorithms: vec![crate::digest::Algorithm::Md5],
         }
     }
 }

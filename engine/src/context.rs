@@ -7,7 +7,7 @@
 
 use crate::output::{Event, Stats, Transmit};
 use crate::registration::AccountId;
-use crate::rng::Rng;
+use crate::rng::{Rng, RngKey};
 use crate::wheel::{TimerHandle, TimerWheel};
 use bytes::BytesMut;
 use std::collections::VecDeque;
@@ -45,9 +45,17 @@ pub(crate) struct Context {
 }
 
 impl Context {
+    /// A context seeded from a number (unit tests).
+    #[cfg(test)]
     pub fn new(seed: u64, now: Instant) -> Context {
+        Context::keyed(seed, None, now)
+    }
+
+    /// `key` (from the OS) keys the CSPRNG; without one it is seeded from
+    /// `seed` (simulations).
+    pub fn keyed(seed: u64, key: Option<RngKey>, now: Instant) -> Context {
         Context {
-            rng: Rng::new(seed),
+            rng: key.map_or_else(|| Rng::new(seed), Rng::from_key),
             wheel: TimerWheel::new(now),
             buf: BytesMut::with_capacity(64 * 1024),
             transmits: VecDeque::new(),

@@ -109,7 +109,7 @@ pub use registration::{
     refresh_delay, AccountConfig, AccountId, AccountSecret, RegError, RegStatus, Registrar,
     RegistrationConfig, SavedRegistration,
 };
-pub use rng::Rng;
+pub use rng::{Rng, RngKey};
 pub use transaction::{
     ClientEvent, ClientState, ClientTransaction, Kind, Pass, ServerEvent, ServerState,
     ServerTransaction, TimerConfig, TxKey, TxTimer,
@@ -154,11 +154,13 @@ impl Engine {
             contact: cfg.contact_host.clone(),
             phone_contact: cfg.phone_contact_host.clone(),
         };
+        let mut ctx = Context::keyed(cfg.seed, cfg.key, now);
+        let nonce_key = ctx.rng.seed32();
         Engine {
-            ctx: Context::new(cfg.seed, now),
+            ctx,
             txs: Transactions::new(cfg.timers),
             accounts: accounts::Accounts::new(&cfg, now),
-            registrar: registrar::Registrar::new(cfg.calls.clone(), cfg.seed, now),
+            registrar: registrar::Registrar::new(cfg.calls.clone(), nonce_key, now),
             calls: Calls::new(cfg.calls.clone(), hosts, cfg.timers),
             cfg,
         }
@@ -316,7 +318,7 @@ impl Engine {
         if msg.is_request() {
             self.handle_request(now, from, flow, &msg, data);
         } else {
-            self.handle_response(now, &msg, data);
+            self.handle_response(now, from, flow, &msg, data);
         }
     }
 
@@ -349,6 +351,11 @@ impl Engine {
             }
         }
         self.accounts.drain(&mut self.ctx, &mut self.txs, now);
+    }
+
+    /// Fresh OS entropy for the CSPRNG (the shell calls this now and then).
+    pub fn handle_reseed(&mut self, key: RngKey) {
+        self.ctx.rng.reseed(key);
     }
 
     /// What the mediator made of a push.
@@ -482,8 +489,15 @@ impl Engine {
         }
     }
 
-    fn handle_response(&mut self, now: Instant, msg: &Message<'_, '_>, data: &[u8]) {
-        let Some((slot, owner, pass)) = self.txs.on_response(now, msg) else {
+    fn handle_response(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        flow: Flow,
+        msg: &Message<'_, '_>,
+        data: &[u8],
+    ) {
+        let Some((slot, owner, pass)) = self.txs.on_response(now, from, flow, msg) else {
             self.ctx.stats.stray_responses += 1;
             return;
         };

@@ -22,7 +22,6 @@ use crate::error::SipError;
 use crate::output::{Event, Flow};
 use crate::push::Platform;
 use crate::registration::{AccountConfig, AccountId, AccountSecret};
-use crate::rng::Rng;
 use crate::transactions::Transactions;
 use bytes::{Bytes, BytesMut};
 use sipis_parser::{self as parser, is_push_param, HeaderName, Message};
@@ -196,20 +195,21 @@ pub(crate) struct Registrar {
 }
 
 impl Registrar {
-    /// `seed` keys the nonces' HMAC.
-    pub fn new(cfg: CallConfig, seed: u64, now: Instant) -> Registrar {
+    /// `nonce_key` keys the nonces' HMAC (from the engine's CSPRNG).
+    pub fn new(cfg: CallConfig, nonce_key: [u8; 32], now: Instant) -> Registrar {
+        let algorithms = if cfg.phone_digest_algorithms.is_empty() {
+            vec![digest::Algorithm::Md5]
+        } else {
+            cfg.phone_digest_algorithms.clone()
+        };
         Registrar {
             cfg,
             devices: HashMap::new(),
             verifier: NonceVerifier::new(
-                Rng::new(seed ^ 0x00D1_CE57).seed32(),
+                nonce_key,
                 now,
                 VerifierConfig {
-                    // MD5 first: deployed softphones (and sipp) answer the
-                    // first challenge and many know only MD5 (RFC 8760 §2.4
-                    // lets the server order by preference); a SHA-256
-                    // answer to the second one is accepted as well.
-                    algorithms: vec![digest::Algorithm::Md5, digest::Algorithm::Sha256],
+                    algorithms,
                     ..VerifierConfig::default()
                 },
             ),
@@ -319,11 +319,16 @@ impl Registrar {
             .ok()
             .and_then(|t| accounts.by_aor(&t.uri))
             .and_then(|id| accounts.get(id).map(|a| (id, &a.cfg)));
-        let Some((id, cfg)) = account else {
-            txs.reply_error(ctx, now, slot, msg, SipError::NotFound);
-            return None;
-        };
-        if let Err(answer) = self.authenticate(ctx, cfg, now, msg) {
+        // Nothing tells a user that does not exist from one that does (a
+        // 404 would hand an attacker the list of accounts): an unknown AOR
+        // is challenged in the default realm like a password account, and
+        // its answer refused with the same 403.
+        let outcome = self.authenticate(ctx, account.map(|(_, cfg)| cfg), now, msg);
+        let Some((id, _)) = account.filter(|_| outcome.is_ok()) else {
+            let answer = match outcome {
+                Err(a) => a,
+                Ok(()) => Answer::Error(SipError::Forbidden),
+            };
             match answer {
                 Answer::Challenge(values) => {
                     txs.reply(ctx, now, slot, msg, 401, "Unauthorized", |w| {
@@ -335,7 +340,7 @@ impl Registrar {
                 Answer::Error(e) => txs.reply_error(ctx, now, slot, msg, e),
             }
             return None;
-        }
+        };
         let reqs = match contact_requests(msg, &self.cfg) {
             Ok(r) => r,
             Err(e) => {
@@ -386,11 +391,14 @@ impl Registrar {
     fn authenticate(
         &mut self,
         ctx: &mut Context,
-        cfg: &AccountConfig,
+        cfg: Option<&AccountConfig>,
         now: Instant,
         msg: &Message<'_, '_>,
     ) -> Result<(), Answer> {
-        let realm = phone_realm(cfg, &self.cfg);
+        let realm = match cfg {
+            Some(cfg) => phone_realm(cfg, &self.cfg),
+            None => &self.cfg.phone_realm,
+        };
         let auths: Vec<_> = msg
             .auth(HeaderName::Authorization)
             .filter_map(Result::ok)
@@ -410,7 +418,7 @@ impl Registrar {
             Some(c) => self
                 .verifier
                 .verify(&c, "REGISTER", realm, now, |user, alg| {
-                    ha1_for(cfg, realm, user, alg)
+                    cfg.and_then(|cfg| ha1_for(cfg, realm, user, alg))
                 })
                 .reply(),
         };
@@ -643,7 +651,7 @@ mod tests {
                 ctx,
                 txs,
                 accounts,
-                registrar: Registrar::new(CallConfig::default(), 7, now),
+                registrar: Registrar::new(CallConfig::default(), [7; 32], now),
                 now,
                 cseq: 0,
             }

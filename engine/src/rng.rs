@@ -1,25 +1,55 @@
-//! A small deterministic PRNG (SplitMix64) for branches, tags, Call-IDs and
-//! jitter. Seeded by the shell (from the OS) in production and by the test in
-//! simulations, so a simulated run is reproducible bit for bit.
+//! The engine's random numbers: branches, tags, Call-IDs, push ids, Contact
+//! tokens' neighbours, nonce keys and jitter. A ChaCha20 stream (a CSPRNG):
+//! one observed branch or tag tells nothing about the next, so an off-path
+//! attacker cannot predict another leg's branch to inject a response, nor
+//! forge a nonce. The shell keys it from the OS ([`RngKey`]); simulations
+//! seed it from a number so a run is reproducible bit for bit.
 
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use std::fmt;
 use std::time::Duration;
 
-/// SplitMix64: fast, 64-bit state, good enough statistical quality for
-/// identifiers and jitter (not for secrets: digest keys come from the OS).
+/// 32 bytes from the OS that key a shard's CSPRNG. Never printed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RngKey(pub [u8; 32]);
+
+impl fmt::Debug for RngKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RngKey(<redacted>)")
+    }
+}
+
+/// ChaCha20 keyed by the shell, or seeded from a number in tests.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(ChaCha20Rng);
 
 impl Rng {
+    /// A generator seeded from a number: reproducible, for simulations
+    /// and tests (predictable to anyone who knows the number).
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(ChaCha20Rng::seed_from_u64(seed))
+    }
+
+    /// A generator keyed with 32 bytes from the OS.
+    pub fn from_key(key: RngKey) -> Self {
+        Rng(ChaCha20Rng::from_seed(key.0))
+    }
+
+    /// Mixes fresh OS entropy into the stream (the shell calls it now and
+    /// then): what came before says nothing about what follows.
+    pub fn reseed(&mut self, key: RngKey) {
+        let mut k = key.0;
+        let mut own = [0u8; 32];
+        self.0.fill_bytes(&mut own);
+        for (a, b) in k.iter_mut().zip(own) {
+            *a ^= b;
+        }
+        self.0 = ChaCha20Rng::from_seed(k);
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `[0, n)`; 0 when `n` is 0.
@@ -36,12 +66,11 @@ impl Rng {
         Duration::from_millis(self.below(d.as_millis() as u64 + 1))
     }
 
-    /// 32 bytes for seeding a digest client's cnonce generator.
+    /// 32 random bytes (a key for a digest client's cnonces or the
+    /// phones' nonce HMAC).
     pub fn seed32(&mut self) -> [u8; 32] {
         let mut s = [0u8; 32];
-        for c in s.chunks_mut(8) {
-            c.copy_from_slice(&self.next_u64().to_le_bytes());
-        }
+        self.0.fill_bytes(&mut s);
         s
     }
 
@@ -71,5 +100,16 @@ mod tests {
         let mut s = String::from("z9hG4bK");
         a.hex_into(&mut s, 12);
         assert_eq!(s.len(), 19);
+    }
+
+    #[test]
+    fn keyed_streams_differ_and_reseeding_changes_the_stream() {
+        let mut a = Rng::from_key(RngKey([1; 32]));
+        let mut b = Rng::from_key(RngKey([2; 32]));
+        assert_ne!(a.next_u64(), b.next_u64());
+        let mut c = a.clone();
+        c.reseed(RngKey([9; 32]));
+        assert_ne!(a.next_u64(), c.next_u64());
+        assert_eq!(format!("{:?}", RngKey([7; 32])), "RngKey(<redacted>)");
     }
 }

@@ -141,9 +141,15 @@ impl Transactions {
     /// A response arrived: the transaction it belongs to takes it. Returns
     /// the transaction's slot, owner and whether to pass the response on
     /// (RFC 3261 §17.1.1.2, §17.1.3); `None` for a stray response.
+    ///
+    /// A response is taken only from where the request went (the address
+    /// it was sent to, or the connection it used): a guessed or sniffed
+    /// branch sent from elsewhere is no way to inject an answer.
     pub fn on_response(
         &mut self,
         now: Instant,
+        from: SocketAddr,
+        flow: Flow,
         msg: &Message<'_, '_>,
     ) -> Option<(usize, TxOwner, Pass)> {
         let slot = *TxKey::client(msg)
@@ -151,6 +157,10 @@ impl Transactions {
             .as_ref()
             .and_then(|k| self.client_keys.get(k))?;
         let c = &mut self.clients[slot];
+        let same_flow = matches!(c.flow, Flow::Stream(_)) && c.flow == flow;
+        if c.dest != from && !same_flow {
+            return None;
+        }
         let pass = c.tx.handle_response(now, msg);
         if pass == Pass::Deliver && msg.status().unwrap_or(0) >= 200 {
             let micros = now.saturating_duration_since(c.created).as_micros() as u64;
@@ -475,6 +485,34 @@ mod tests {
             }
         }
         assert_eq!(txs.counts(), (0, 0));
+    }
+
+    #[test]
+    fn a_response_from_another_address_is_not_taken() {
+        let t0 = Instant::now();
+        let mut ctx = Context::new(1, t0);
+        let mut txs = Transactions::new(TimerConfig::default());
+        let key = TxKey::for_request(b"z9hG4bKc2", b"sipis.example:5060", Method::Options);
+        txs.start_client(
+            &mut ctx,
+            t0,
+            Bytes::from_static(OPTIONS),
+            key,
+            peer(),
+            Flow::Udp,
+            Kind::NonInvite,
+            TxOwner::None,
+        );
+        let resp = b"SIP/2.0 200 OK\r\n\
+            Via: SIP/2.0/UDP sipis.example:5060;branch=z9hG4bKc2\r\n\
+            From: <sip:probe@example.com>;tag=p1\r\nTo: <sip:sipis.example>;tag=x\r\n\
+            Call-ID: opt-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+        let mut h = [EMPTY_HEADER; 16];
+        let msg = parse(resp, &mut h).unwrap();
+        let attacker: SocketAddr = "198.51.100.66:5060".parse().unwrap();
+        assert!(txs.on_response(t0, attacker, Flow::Udp, &msg).is_none());
+        let (_, owner, pass) = txs.on_response(t0, peer(), Flow::Udp, &msg).unwrap();
+        assert_eq!((owner, pass), (TxOwner::None, Pass::Deliver));
     }
 
     #[test]

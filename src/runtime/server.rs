@@ -166,16 +166,15 @@ impl Server {
         });
 
         let n = cfg.shard_count();
-        let mut seed = [0u8; 8];
-        getrandom::fill(&mut seed).map_err(|e| ServeError::Admin(e.to_string()))?;
-        let seed = u64::from_le_bytes(seed);
+        // Each shard's CSPRNG is keyed from the OS: its branches, tags and
+        // nonce key are unpredictable, and no two shards share a stream.
         let engines = (0..n)
             .map(|i| {
                 let mut e = cfg.engine_config(i);
-                e.seed = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                e
+                e.key = Some(os_key()?);
+                Ok(e)
             })
-            .collect();
+            .collect::<Result<Vec<_>, ServeError>>()?;
         let shards = Shards::start(
             ShardSettings {
                 count: n,
@@ -814,4 +813,12 @@ impl AdminApi for Core {
             self.store.failed_writes(),
         );
     }
+}
+
+/// 32 bytes from the OS for a shard's CSPRNG.
+pub(crate) fn os_key() -> Result<crate::engine::RngKey, ServeError> {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key)
+        .map_err(|e| ServeError::Admin(format!("cannot read OS randomness: {e}")))?;
+    Ok(crate::engine::RngKey(key))
 }

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 /// Engine timers fire at most this late (RFC 3261 timers are ≥ 500 ms).
 const TICK: Duration = Duration::from_millis(5);
 const METRICS_EVERY: Duration = Duration::from_secs(1);
+/// How often fresh OS entropy is mixed into the engine's CSPRNG.
+const RESEED_EVERY: Duration = Duration::from_secs(3600);
 /// Largest datagram read (the UDP maximum).
 const RECV_BUF: usize = 65_535;
 
@@ -104,6 +106,7 @@ pub(super) async fn run(ctx: ShardCtx) {
         )));
     }
     let mut last_metrics = Instant::now() - METRICS_EVERY;
+    let mut last_reseed = Instant::now();
     let mut shutdown: Option<(Instant, crossbeam_channel::Sender<()>)> = None;
     loop {
         let now = Instant::now();
@@ -148,6 +151,13 @@ pub(super) async fn run(ctx: ShardCtx) {
         }
         engine.borrow_mut().handle_timeout(now);
         flush(&engine, &sock, &*sink).await;
+        if now.duration_since(last_reseed) >= RESEED_EVERY {
+            last_reseed = now;
+            match super::server::os_key() {
+                Ok(key) => engine.borrow_mut().handle_reseed(key),
+                Err(e) => tracing::warn!(shard = id, error = %e, "cannot reseed the CSPRNG"),
+            }
+        }
         if now.duration_since(last_metrics) >= METRICS_EVERY {
             last_metrics = now;
             publish(&engine.borrow(), &metrics);
