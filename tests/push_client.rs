@@ -25,6 +25,16 @@ const WAIT: Duration = Duration::from_secs(10);
 
 // --- the stub mediator ------------------------------------------------------
 
+/// How long the stand-in takes to answer, on top of what a handler asks
+/// for: a realistic APNs/FCM round trip. `SIPIS_STANDIN_DELAY_MS`
+/// (default 100; 0 for none).
+fn standin_delay() -> Duration {
+    std::env::var("SIPIS_STANDIN_DELAY_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::from_millis(100), Duration::from_millis)
+}
+
 /// One request as the stub read it.
 #[derive(Debug, Clone)]
 struct Seen {
@@ -193,6 +203,8 @@ fn serve(
         };
         let n = count.fetch_add(1, Ordering::SeqCst);
         let reply = script(n, &seen);
+        // A realistic push service round trip behind the mediator.
+        std::thread::sleep(standin_delay());
         let _ = tx.send(seen);
         let (status, body) = match reply {
             Reply::Answer(s, b) => (s, b),
@@ -270,6 +282,7 @@ fn config(url: &str) -> PushConfig {
         timeout: Duration::from_secs(5),
         retries: 2,
         connections: 1,
+        max_in_flight: 2_000,
         queue: 100,
     }
 }
