@@ -148,7 +148,17 @@ impl Stub {
 
     /// HTTP/2 without TLS (prior knowledge), for `http://` URLs.
     pub fn start_plain(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Stub {
-        Stub::start_inner(None, 1, handler)
+        Stub::start_inner(None, 1, 1000, handler)
+    }
+
+    /// A TLS stand-in that announces `SETTINGS_MAX_CONCURRENT_STREAMS` =
+    /// `streams` on each connection (APNs lowers it for new connections).
+    pub fn start_with_max_streams(
+        tls: &TestTls,
+        streams: u32,
+        handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static,
+    ) -> Stub {
+        Stub::start_inner(Some(tls), 1, streams, handler)
     }
 
     pub fn start_with_threads(
@@ -156,12 +166,13 @@ impl Stub {
         threads: usize,
         handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static,
     ) -> Stub {
-        Stub::start_inner(Some(tls), threads, handler)
+        Stub::start_inner(Some(tls), threads, 1000, handler)
     }
 
     fn start_inner(
         tls: Option<&TestTls>,
         threads: usize,
+        max_streams: u32,
         handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static,
     ) -> Stub {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -190,6 +201,7 @@ impl Stub {
                 let id = c.fetch_add(1, Ordering::SeqCst);
                 let ctx = Conn {
                     id,
+                    max_streams,
                     service_delay,
                     seen: s.clone(),
                     handler: handler.clone(),
@@ -258,6 +270,8 @@ impl Drop for Stub {
 
 struct Conn {
     id: u64,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` it announces.
+    max_streams: u32,
     /// [`standin_delay`], read once at start.
     service_delay: Duration,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -272,7 +286,7 @@ impl Conn {
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let Ok(mut conn) = h2::server::Builder::new()
-            .max_concurrent_streams(1000)
+            .max_concurrent_streams(self.max_streams)
             .handshake::<_, Bytes>(io)
             .await
         else {
