@@ -378,3 +378,100 @@ async fn fill(conn: &mut Conn) -> Result<(), (ExchangeError, bool)> {
         Err(e) => Err((ExchangeError::Io(e.to_string()), true)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A connection whose peer answers `answer` (in pieces of `piece`
+    /// bytes) to whatever is written; returns what the peer read.
+    async fn exchange_with(
+        answer: &'static [u8],
+        piece: usize,
+    ) -> (Result<(Answer, bool), (ExchangeError, bool)>, Vec<u8>) {
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let peer = tokio::spawn(async move {
+            let mut got = vec![0u8; 1024];
+            let n = theirs.read(&mut got).await.unwrap();
+            got.truncate(n);
+            for chunk in answer.chunks(piece) {
+                theirs.write_all(chunk).await.unwrap();
+                theirs.flush().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            got
+        });
+        let mut conn = Conn {
+            io: Box::new(ours),
+            buf: BytesMut::new(),
+        };
+        let r = exchange(
+            &mut conn,
+            b"POST /push HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+        )
+        .await;
+        (r, peer.await.unwrap())
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn content_length_answer_keeps_the_connection() {
+        let (r, sent) = run(exchange_with(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            3,
+        ));
+        assert_eq!(sent, b"POST /push HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}");
+        let (a, keep) = r.map_err(|(e, _)| e.to_string()).unwrap();
+        assert_eq!(
+            (a.status, a.body.as_slice(), keep),
+            (200, &b"hello"[..], true)
+        );
+    }
+
+    #[test]
+    fn interim_answer_is_skipped_and_chunked_body_decoded() {
+        let (r, _) = run(exchange_with(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Service Unavailable\r\n\
+              Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+              4;x=y\r\nbusy\r\n2\r\n!!\r\n0\r\nTrailer: 1\r\n\r\n",
+            7,
+        ));
+        let (a, keep) = r.map_err(|(e, _)| e.to_string()).unwrap();
+        assert_eq!(
+            (a.status, a.body.as_slice(), keep),
+            (503, &b"busy!!"[..], false)
+        );
+    }
+
+    #[test]
+    fn body_without_length_ends_with_the_connection() {
+        let (r, _) = run(exchange_with(b"HTTP/1.1 200 OK\r\n\r\n{\"id\":\"1\"}", 4));
+        let (a, keep) = r.map_err(|(e, _)| e.to_string()).unwrap();
+        assert_eq!((a.body.as_slice(), keep), (&b"{\"id\":\"1\"}"[..], false));
+    }
+
+    #[test]
+    fn closed_before_any_answer_is_not_started_and_garbage_is_refused() {
+        let (r, _) = run(exchange_with(b"", 1));
+        let (e, started) = r.err().unwrap();
+        assert!(!started, "nothing came back: a stale connection");
+        assert_eq!(e.to_string(), "connection closed before the answer");
+        let (r, _) = run(exchange_with(b"SIP/2.0 200 OK\r\n\r\n", 64));
+        let (e, started) = r.err().unwrap();
+        assert!(started);
+        assert!(e.to_string().starts_with("not an HTTP/1.1 answer"), "{e}");
+        let (r, _) = run(exchange_with(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 999999\r\n\r\n",
+            64,
+        ));
+        assert!(matches!(r, Err((ExchangeError::TooLarge, true))));
+    }
+}
