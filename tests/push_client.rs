@@ -899,7 +899,7 @@ fn in_process_client_calls_the_mediator_and_refuses_past_max_in_flight() {
     );
     let st = c.stats();
     assert_eq!((st.in_flight, st.in_flight_full, st.queue_full), (2, 1, 0));
-    let mut got = vec![outcome(&rx), outcome(&rx)];
+    let mut got = [outcome(&rx), outcome(&rx)];
     got.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(
         got.iter()
