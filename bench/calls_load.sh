@@ -22,7 +22,7 @@
 # Environment (defaults in brackets):
 #   ACCOUNTS [2000]  RATE [200] calls/s  CALLS [12000]  CALL_MS [2000]
 #   MODE [push|awake]  WAKE_DELAY [50ms]  SHARDS [2]  DEVICE_WAIT [30s]
-#   PUSH_CONNECTIONS [4]  LOG_LEVEL [warn]
+#   PUSH_CONNECTIONS [512] (most HTTP/1.1 connections to the mediator)  LOG_LEVEL [warn]
 #   SIP_PORT [25060] (shards on SIP_PORT+1..)  ADMIN_PORT [28080]
 #   MEDIATOR_PORT [28090]  SIPP_PORT [25990]: below the ephemeral range, as
 #   every simulated phone binds an ephemeral port of its own
@@ -42,7 +42,7 @@ MODE=${MODE:-push}
 WAKE_DELAY=${WAKE_DELAY:-50ms}
 SHARDS=${SHARDS:-2}
 DEVICE_WAIT=${DEVICE_WAIT:-30s}
-PUSH_CONNECTIONS=${PUSH_CONNECTIONS:-4}
+PUSH_CONNECTIONS=${PUSH_CONNECTIONS:-512}
 LOG_LEVEL=${LOG_LEVEL:-warn}
 SIP_PORT=${SIP_PORT:-25060}
 ADMIN_PORT=${ADMIN_PORT:-28080}

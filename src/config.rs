@@ -33,8 +33,11 @@
 //! the token itself (the push client and the mediator get it ready to use).
 
 use crate::digest;
+pub use crate::duration::{format_duration, parse_duration};
 use crate::push::client::PushConfig;
 use crate::push::mediator::{ApnsConfig, FcmConfig, MediatorConfig};
+use crate::url::valid_hostname;
+pub use crate::url::{http_url_problem, redact_url};
 use crate::{CallConfig, EngineConfig, RegistrationConfig, TimerConfig};
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 use std::fmt;
@@ -972,86 +975,6 @@ pub fn host_port(host: &str, port: u16) -> String {
     }
 }
 
-/// Parses `"500ms"`, `"32s"`, `"5m"`, `"1h"`, `"2d"` and sums of them
-/// (`"1m30s"`, `"1h 30m"`). A unit is required.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return None;
-        }
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let secs_per = match rest[..unit_end].trim() {
-            "ms" => {
-                total = total.checked_add(Duration::from_millis(n))?;
-                rest = &rest[unit_end..];
-                continue;
-            }
-            "s" => 1,
-            "m" | "min" => 60,
-            "h" => 3600,
-            "d" => 86400,
-            _ => return None,
-        };
-        total = total.checked_add(Duration::from_secs(n.checked_mul(secs_per)?))?;
-        rest = &rest[unit_end..];
-    }
-    Some(total)
-}
-
-/// The shortest of `"1500ms"`, `"32s"`, `"5m"`, `"1h"` that is exact.
-pub fn format_duration(d: Duration) -> String {
-    if d.subsec_nanos() % 1_000_000 != 0 {
-        return format!("{d:?}");
-    }
-    if d.subsec_millis() != 0 || d.is_zero() {
-        return format!("{}ms", d.as_millis());
-    }
-    let s = d.as_secs();
-    if s % 3600 == 0 {
-        format!("{}h", s / 3600)
-    } else if s % 60 == 0 {
-        format!("{}m", s / 60)
-    } else {
-        format!("{s}s")
-    }
-}
-
-/// A URL with its password, if any, replaced by `***`.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let auth_start = scheme_end + 3;
-    let auth_end = url[auth_start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |i| auth_start + i);
-    let authority = &url[auth_start..auth_end];
-    match authority.rfind('@') {
-        Some(at) => match authority[..at].find(':') {
-            Some(colon) => format!(
-                "{}{}:***{}",
-                &url[..auth_start],
-                &authority[..colon],
-                &url[auth_start + at..]
-            ),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
 // ---------------------------------------------------------------------------
 // The schema: one raw struct per section
 // ---------------------------------------------------------------------------
@@ -1120,6 +1043,7 @@ struct RawPush {
     timeout: V,
     retries: V,
     connections: V,
+    max_in_flight: V,
     queue: V,
 }
 
@@ -1833,86 +1757,6 @@ impl Reader {
     }
 }
 
-/// Why `u` is not a usable `http://` / `https://` URL, if it is not:
-/// scheme, a host name or IP (IPv6 in brackets), an optional port 1..=65535,
-/// an optional path and query; no credentials, fragment or spaces.
-pub fn http_url_problem(u: &str) -> Option<String> {
-    let rest = match u
-        .strip_prefix("https://")
-        .or_else(|| u.strip_prefix("http://"))
-    {
-        Some(r) => r,
-        None => return Some("expected an http:// or https:// URL".to_owned()),
-    };
-    if u.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Some("the URL must not contain spaces or control characters".to_owned());
-    }
-    if u.contains('#') {
-        return Some("the URL must not have a #fragment".to_owned());
-    }
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..end];
-    if authority.contains('@') {
-        return Some(
-            "the URL must not carry credentials (user@): tokens have their own keys".to_owned(),
-        );
-    }
-    let port = if let Some(v6) = authority.strip_prefix('[') {
-        let Some((ip, after)) = v6.split_once(']') else {
-            return Some("unclosed '[' in the URL's host".to_owned());
-        };
-        if ip.parse::<Ipv6Addr>().is_err() {
-            return Some(format!("{ip:?} is not an IPv6 address"));
-        }
-        match after {
-            "" => None,
-            p => match p.strip_prefix(':') {
-                Some(p) => Some(p),
-                None => return Some("expected ':port' after the IPv6 address".to_owned()),
-            },
-        }
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => {
-                if !valid_hostname(h) {
-                    return Some(format!("{h:?} is not a host name or IP address"));
-                }
-                Some(p)
-            }
-            None => {
-                if !valid_hostname(authority) {
-                    return Some(if authority.is_empty() {
-                        "the URL has no host".to_owned()
-                    } else {
-                        format!("{authority:?} is not a host name or IP address")
-                    });
-                }
-                None
-            }
-        }
-    };
-    if let Some(p) = port {
-        if !matches!(p.parse::<u16>(), Ok(n) if n != 0) {
-            return Some(format!("{p:?} is not a port 1..=65535"));
-        }
-    }
-    None
-}
-
-fn valid_hostname(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 253
-        && h.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
 /// Why a token is unfit, if it is.
 fn token_problem(t: &str) -> Result<(), String> {
     if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -2072,8 +1916,16 @@ fn convert(raw: RawFile, r: &mut Reader) -> Config {
             .int("push.retries", s.retries, "a count", 0..=10)
             .map_or(d.push.retries, |n| n as u32),
         connections: r
-            .int("push.connections", s.connections, "a count", 1..=64)
+            .int("push.connections", s.connections, "a count", 1..=10_000)
             .map_or(d.push.connections, |n| n as u32),
+        max_in_flight: r
+            .int(
+                "push.max_in_flight",
+                s.max_in_flight,
+                "a count",
+                1..=1_000_000,
+            )
+            .map_or(d.push.max_in_flight, |n| n as u32),
         queue: r
             .int("push.queue", s.queue, "a count", 1..=1_000_000)
             .map_or(d.push.queue, |n| n as u32),

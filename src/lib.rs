@@ -17,8 +17,9 @@
 //!                    outputs: poll_transmit / poll_event / poll_push (domain Push)
 //!                          │ events          │ pushes                │ packets
 //!                          ▼                 ▼                       ▼
-//!  store thread (SQLite | PostgreSQL)   push client ──HTTP/1.1──▶ mediator ──HTTP/2──▶ APNs / FCM
-//!       ▲                               outcomes ──▶ the account's shard   sockets (io_uring)
+//!  store thread (SQLite | PostgreSQL)   push client ──HTTP/1.1 pool──▶ mediator ──HTTP/2──▶ APNs / FCM
+//!       ▲                                 (or a direct call, in process)
+//!       │                               outcomes ──▶ wake the account's shard   sockets (io_uring)
 //!  admin API (http) ── provisioning ──▶ runtime::Shards (control channels)
 //! ```
 //!
@@ -35,19 +36,25 @@
 //! - [`store`] — durable state: SQLite and PostgreSQL backends behind one
 //!   trait, the store thread shards talk to, CSV import.
 //! - [`push`] — the unified push protocol (JSON to the mediator): the wire
-//!   form of the engine's [`engine::Push`]; its `client` posts pushes over
-//!   HTTP/1.1 keep-alive ([`push::client::PushClient`]), its `mediator`
-//!   speaks APNs (HTTP/2, ES256 provider tokens) and FCM HTTP v1 (OAuth2).
+//!   form of the engine's [`engine::Push`]; its `client` keeps thousands of
+//!   pushes in flight over a pool of HTTP/1.1 keep-alive connections, or
+//!   calls the in-process mediator directly ([`push::client::PushClient`]);
+//!   its `mediator` speaks APNs (HTTP/2, ES256 provider tokens) and FCM
+//!   HTTP v1 (OAuth2).
 //! - [`http`] — the admin API (provisioning, health, metrics) on httparse.
 //! - [`metrics`] — Prometheus text exposition helpers.
 //! - [`config`] — the TOML configuration and its checks.
+//! - `duration` — durations as written in settings and messages (`"1m30s"`).
+//! - `url` — HTTP URLs in settings: usable or not, shown without password.
 
 pub mod config;
+mod duration;
 pub mod http;
 pub mod metrics;
 pub mod push;
 pub mod runtime;
 pub mod store;
+mod url;
 
 pub use sipis_engine as engine;
 pub use sipis_engine::{

@@ -110,21 +110,16 @@ fn serve(path: &Path) -> ExitCode {
 }
 
 /// Runs the server until SIGTERM/SIGINT (see `sipis::runtime::serve`),
-/// with the push mediator beside it when `mediator.in_process` is set.
+/// with the push mediator inside it when `mediator.in_process` is set.
 fn run_serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
-    let mediator = if config.mediator.in_process {
-        let m = sipis::push::mediator::start(&config.mediator)?;
-        println!("push mediator in process on {}", m.local_addr());
-        Some(m)
-    } else {
-        None
-    };
-    let served = sipis::runtime::serve(config);
-    if let Some(m) = mediator {
-        m.shutdown();
+    if config.mediator.in_process {
+        println!(
+            "push mediator in process on {} (this node calls it directly)",
+            config.mediator.listen
+        );
     }
-    served?;
+    sipis::runtime::serve(config)?;
     Ok(())
 }
 

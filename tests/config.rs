@@ -102,7 +102,7 @@ fn defaults_are_the_documented_ones() {
 #[test]
 fn example_file_documents_every_key() {
     let keys = Config::known_keys();
-    assert_eq!(keys.len(), 62, "{keys:?}");
+    assert_eq!(keys.len(), 63, "{keys:?}");
     // Subsections contribute their keys, not themselves.
     assert!(keys.contains(&"mediator.apns.key_id".to_owned()));
     assert!(keys.contains(&"mediator.fcm.send_url".to_owned()));
@@ -918,8 +918,9 @@ fn push_defaults() {
     assert_eq!(c.push.timeout, Duration::from_secs(5));
     assert_eq!(
         (c.push.retries, c.push.connections, c.push.queue),
-        (2, 4, 10_000)
+        (2, 512, 10_000)
     );
+    assert_eq!(c.push.max_in_flight, 2_000);
     assert!(c
         .summary()
         .contains("pushes off (push.mediator_url not set)"));
@@ -930,7 +931,7 @@ fn push_section_takes_every_key() {
     let c = parse(&with_minimal(&format!(
         "[push]\nmediator_url = \"https://mediator.example.net:8443/v1/push?x=1\"\n\
          token = \"{PUSH_TOKEN}\"\ntimeout = \"1500ms\"\nretries = 0\nconnections = 64\n\
-         queue = 1\n"
+         max_in_flight = 300\nqueue = 1\n"
     )))
     .unwrap();
     assert_eq!(
@@ -941,6 +942,7 @@ fn push_section_takes_every_key() {
             timeout: Duration::from_millis(1500),
             retries: 0,
             connections: 64,
+            max_in_flight: 300,
             queue: 1,
         }
     );
@@ -1028,11 +1030,15 @@ fn push_bad_values_name_their_keys() {
         ),
         (
             "connections = 0",
-            "push.connections: expected a count 1..=64, got 0",
+            "push.connections: expected a count 1..=10000, got 0",
         ),
         (
-            "connections = 65",
-            "push.connections: expected a count 1..=64, got 65",
+            "connections = 10001",
+            "push.connections: expected a count 1..=10000, got 10001",
+        ),
+        (
+            "max_in_flight = 0",
+            "push.max_in_flight: expected a count 1..=1000000, got 0",
         ),
         (
             "queue = 0",
@@ -1130,7 +1136,7 @@ fn mediator_defaults() {
     );
     assert_eq!(c.mediator.request_timeout, Duration::from_secs(2));
     assert_eq!(c.mediator.deadline, Duration::from_secs(4));
-    assert_eq!(c.mediator.concurrency, 256);
+    assert_eq!(c.mediator.concurrency, 2_000);
 }
 
 #[test]

@@ -439,6 +439,62 @@ fn pushes_share_one_connection_as_concurrent_streams() {
 }
 
 #[test]
+fn another_connection_opens_when_every_one_is_at_the_stream_limit() {
+    // APNs announces SETTINGS_MAX_CONCURRENT_STREAMS per connection; here 4.
+    let tls = TestTls::new();
+    let keys = Keys::new("stream-limit", &tls);
+    let production =
+        Stub::start_with_max_streams(&tls, 4, |s| apns_ok(s).delayed(Duration::from_millis(300)));
+    let sandbox = Stub::start(&tls, apns_ok);
+    let google = Stub::start(&tls, google(3600, never));
+    let sa = keys.service_account(&format!("{}/token", google.url()));
+    let mediator = start(&config(&keys, &production, &sandbox, &google, &sa)).unwrap();
+    let addr = mediator.local_addr();
+    let push = move |i: usize| {
+        let mut req = apns_request("incoming_call", "production");
+        req["id"] = json!(format!("{i:016x}"));
+        let mut c = Http1::connect(addr);
+        c.request(
+            "POST",
+            "/push",
+            Some(TOKEN),
+            Some(req.to_string().as_bytes()),
+        )
+        .unwrap()
+        .json()
+    };
+    // One push first: the connection is up and its SETTINGS known.
+    assert_eq!(push(99)["result"], "sent");
+    assert_eq!(production.connections(), 1);
+
+    let n = 16;
+    let started = Instant::now();
+    let threads: Vec<_> = (0..n)
+        .map(|i| std::thread::spawn(move || push(i)))
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap()["result"], "sent");
+    }
+    let took = started.elapsed();
+    // On one connection, 4 streams at a time: 4 rounds of 300 ms and more.
+    assert!(took < Duration::from_millis(1100), "took {took:?}");
+    assert_eq!(production.count(), n + 1);
+    let conns = production.connections();
+    assert!(
+        (4..=16).contains(&conns),
+        "{conns} connections for 16 pushes at 4 streams each"
+    );
+    assert!(
+        production.max_in_flight() > 4,
+        "streams in flight at once: {}",
+        production.max_in_flight()
+    );
+    // Every connection signs with the same provider token.
+    let seen = production.seen();
+    assert!(seen.iter().all(|s| bearer(s) == bearer(&seen[0])));
+}
+
+#[test]
 fn unregistered_410_is_token_dead() {
     let w = apns_world("410", |_| {
         Answer::json(

@@ -2,11 +2,15 @@
 //! wire (JSON body, headers, one keep-alive connection) and what comes back
 //! to the sink for each kind of answer, timeout and shutdown.
 
+#[path = "support/h2stub.rs"]
+mod h2stub;
+
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use serde_json::json;
 use sipis::push::client::{
-    PushClient, PushClientError, PushConfig, NO_MEDIATOR_REASON, SHUTDOWN_REASON,
+    PushClient, PushClientError, PushConfig, Refusal, NO_MEDIATOR_REASON, SHUTDOWN_REASON,
 };
+use sipis::push::mediator::{ApnsConfig, MediatorConfig};
 use sipis::push::{
     Environment, Platform, PushCall, PushDevice, PushKind, PushOutcome, PushRequest, PushResult,
 };
@@ -24,6 +28,16 @@ const STUB_LIFETIME: Duration = Duration::from_secs(20);
 const WAIT: Duration = Duration::from_secs(10);
 
 // --- the stub mediator ------------------------------------------------------
+
+/// How long the stand-in takes to answer, on top of what a handler asks
+/// for: a realistic APNs/FCM round trip. `SIPIS_STANDIN_DELAY_MS`
+/// (default 100; 0 for none).
+fn standin_delay() -> Duration {
+    std::env::var("SIPIS_STANDIN_DELAY_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::from_millis(100), Duration::from_millis)
+}
 
 /// One request as the stub read it.
 #[derive(Debug, Clone)]
@@ -193,6 +207,8 @@ fn serve(
         };
         let n = count.fetch_add(1, Ordering::SeqCst);
         let reply = script(n, &seen);
+        // A realistic push service round trip behind the mediator.
+        std::thread::sleep(standin_delay());
         let _ = tx.send(seen);
         let (status, body) = match reply {
             Reply::Answer(s, b) => (s, b),
@@ -270,6 +286,7 @@ fn config(url: &str) -> PushConfig {
         timeout: Duration::from_secs(5),
         retries: 2,
         connections: 1,
+        max_in_flight: 2_000,
         queue: 100,
     }
 }
@@ -825,4 +842,93 @@ fn metrics_count_outcomes_and_answered_latency() {
     let h = c.latency();
     assert_eq!(h.len(), 3);
     assert!(h.max() < 1_000_000, "{} µs", h.max());
+}
+
+// --- in process ----------------------------------------------------------------
+
+#[test]
+fn in_process_client_calls_the_mediator_and_refuses_past_max_in_flight() {
+    // APNs stand-in (HTTP/2 without TLS), slow enough to hold two pushes.
+    let apns = h2stub::Stub::start_plain(|_| {
+        h2stub::Answer::status(200)
+            .header("apns-id", "00000000-0000-0000-0000-0000000000a1")
+            .delayed(Duration::from_millis(300))
+    });
+    let dir = std::env::temp_dir().join(format!("sipis-push-client-ip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p8 = dir.join("AuthKey_KEYID12345.p8");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    std::fs::write(&p8, key.serialize_pem()).unwrap();
+    let mediator = sipis::push::mediator::start(&MediatorConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        apns: Some(ApnsConfig {
+            key_file: p8,
+            key_id: "KEYID12345".into(),
+            team_id: "TEAM123456".into(),
+            default_topic: None,
+            production_url: apns.url(),
+            sandbox_url: apns.url(),
+            ca_file: None,
+        }),
+        ..MediatorConfig::default()
+    })
+    .unwrap();
+    let cfg = PushConfig {
+        max_in_flight: 2,
+        ..PushConfig::default()
+    };
+    let (tx, rx) = unbounded();
+    let c = PushClient::in_process(
+        &cfg,
+        mediator.mediator().clone(),
+        mediator.runtime(),
+        move |o| tx.send(o).unwrap(),
+    )
+    .unwrap();
+    c.submit(incoming_call("00000000000000f1")).unwrap();
+    c.submit(incoming_call("00000000000000f2")).unwrap();
+    // The ceiling is reached: the third is handed back at once.
+    let refused = incoming_call("00000000000000f3");
+    assert_eq!(
+        c.try_submit(refused.clone()),
+        Err((refused, Refusal::InFlight))
+    );
+    assert_eq!(
+        Refusal::InFlight.reason(),
+        "too many pushes in flight (push.max_in_flight)"
+    );
+    let st = c.stats();
+    assert_eq!((st.in_flight, st.in_flight_full, st.queue_full), (2, 1, 0));
+    let mut got = [outcome(&rx), outcome(&rx)];
+    got.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        got.iter()
+            .map(|o| (o.id.as_str(), o.result))
+            .collect::<Vec<_>>(),
+        [
+            ("00000000000000f1", PushResult::Sent),
+            ("00000000000000f2", PushResult::Sent)
+        ]
+    );
+    // Straight to APNs: the VoIP push for the device, no HTTP hop before.
+    let seen = apns.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].path, "/3/device/9f2c4d0e5b7a31c8d6e4f2a0b9c7d5e3");
+    assert_eq!(seen[0].header("apns-push-type"), Some("voip"));
+    let mut m = String::new();
+    mediator.render_metrics(&mut m);
+    assert!(
+        m.lines()
+            .filter(|l| l.starts_with("sipis_mediator_responses_total"))
+            .all(|l| l.ends_with(" 0")),
+        "the mediator's HTTP front saw requests:\n{m}"
+    );
+    // Answered: room again.
+    let st = c.stats();
+    assert_eq!((st.in_flight, st.sent), (0, 2));
+    c.submit(incoming_call("00000000000000f4")).unwrap();
+    assert_eq!(outcome(&rx).result, PushResult::Sent);
+    c.shutdown();
+    assert!(rx.try_recv().is_err(), "one outcome per push");
+    let _ = std::fs::remove_dir_all(&dir);
 }

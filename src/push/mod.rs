@@ -2,11 +2,13 @@
 //!
 //! A shard's engine emits a domain [`Push`] (`Engine::poll_push`), which the
 //! shard turns into a [`PushRequest`] ([`PushRequest::from_push`]); the push
-//! client (`client`) posts it as JSON over HTTP/1.1 keep-alive to the
-//! mediator (`POST <push.mediator_url>`), which turns it into an APNs or
-//! FCM request (`mediator`) and answers with a [`PushAnswer`]. The
-//! client hands the outcome back to the engine as a [`PushOutcome`]
-//! (`Engine::handle_push_result`).
+//! client (`client`) posts it as JSON over a pool of HTTP/1.1 keep-alive
+//! connections (`http1`) to the mediator (`POST <push.mediator_url>`),
+//! which turns it into an APNs or FCM request (`mediator`) and answers
+//! with a [`PushAnswer`] — or, with the mediator in process, calls
+//! `Mediator::send` directly. The client hands the outcome back to the
+//! engine as a [`PushOutcome`] (`Engine::handle_push_result`), which wakes
+//! the shard at once.
 //!
 //! The JSON (documented in README.md, "Push protocol"):
 //!
@@ -133,4 +135,5 @@ pub struct PushAnswer {
 }
 
 pub mod client;
+mod http1;
 pub mod mediator;

@@ -10,7 +10,11 @@
 //! upstream points at that shard's own socket, so the provider's requests
 //! for it land on the core that owns it. Control messages cross threads on
 //! crossbeam channels that each shard polls every few milliseconds;
-//! nothing on the packet path takes a lock.
+//! nothing on the packet path takes a lock. Push outcomes have a channel of
+//! their own that a task of the shard awaits: an outcome wakes the
+//! executor at once (a waker from a foreign thread rings glommio's
+//! eventfd), so `180 Push-Notification-Sent` leaves when the push service
+//! accepted the push, not at the next tick.
 
 mod memlock;
 mod router;
@@ -75,7 +79,6 @@ impl EventSink for NullSink {
 pub(crate) enum Control {
     PutDevice(DeviceRecord),
     RemoveDevice(AccountId, String),
-    PushResult(PushOutcome),
     Add(AccountConfig, Option<SavedRegistration>),
     Update(AccountConfig),
     Remove(AccountId),
@@ -164,6 +167,10 @@ impl std::error::Error for RuntimeError {}
 
 struct ShardHandle {
     control: crossbeam_channel::Sender<Control>,
+    /// Push outcomes, awaited by a task of the shard. Unbounded, yet
+    /// bounded in practice: one outcome per push the client accepted, and
+    /// the client accepts at most `push.max_in_flight`.
+    outcomes: tokio::sync::mpsc::UnboundedSender<PushOutcome>,
     metrics: Arc<ShardMetrics>,
     addr: SocketAddr,
     join: Option<glommio::ExecutorJoinHandle<()>>,
@@ -172,13 +179,15 @@ struct ShardHandle {
 /// Delivers push outcomes to the shard that owns their account.
 #[derive(Clone)]
 pub struct PushResults {
-    senders: Vec<crossbeam_channel::Sender<Control>>,
+    senders: Vec<tokio::sync::mpsc::UnboundedSender<PushOutcome>>,
 }
 
 impl PushResults {
+    /// Hands the outcome to its account's shard and wakes it. Never blocks.
     pub fn deliver(&self, outcome: PushOutcome) {
         let i = shard_of(outcome.account, self.senders.len());
-        let _ = self.senders[i].send(Control::PushResult(outcome));
+        // A shard that stopped has dropped its receiver; nothing to do.
+        let _ = self.senders[i].send(outcome);
     }
 }
 
@@ -235,6 +244,7 @@ impl Shards {
                 }
             };
             let (tx, rx) = crossbeam_channel::unbounded();
+            let (outcomes, outcomes_rx) = tokio::sync::mpsc::unbounded_channel();
             let metrics = Arc::new(ShardMetrics {
                 alive: AtomicBool::new(false),
                 forwarded: Default::default(),
@@ -254,6 +264,7 @@ impl Shards {
                 router: router.clone(),
                 engine,
                 control: rx,
+                outcomes: outcomes_rx,
                 sink: sink.clone(),
                 metrics: metrics.clone(),
             };
@@ -264,6 +275,7 @@ impl Shards {
                 .map_err(|e| RuntimeError::Executor(i, e.to_string()))?;
             shards.push(ShardHandle {
                 control: tx,
+                outcomes,
                 metrics,
                 addr,
                 join: Some(join),
@@ -321,14 +333,14 @@ impl Shards {
 
     /// Hands a push's outcome to the shard of its account.
     pub fn push_result(&self, outcome: PushOutcome) {
-        self.send(outcome.account, Control::PushResult(outcome));
+        self.push_results().deliver(outcome);
     }
 
     /// A handle that delivers push outcomes to the shards from any thread
     /// (the push client's workers).
     pub fn push_results(&self) -> PushResults {
         PushResults {
-            senders: self.shards.iter().map(|s| s.control.clone()).collect(),
+            senders: self.shards.iter().map(|s| s.outcomes.clone()).collect(),
         }
     }
 

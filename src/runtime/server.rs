@@ -98,6 +98,8 @@ impl EventSink for ServeSink {
 pub struct Server {
     core: Arc<Core>,
     admin: Option<AdminServer>,
+    /// The in-process mediator (`mediator.in_process`), stopped last.
+    mediator: Option<Box<crate::push::mediator::MediatorHandle>>,
 }
 
 /// What the admin API needs: the store, the shards, the resolver cache.
@@ -189,29 +191,42 @@ impl Server {
             sink.clone(),
         )
         .map_err(ServeError::Runtime)?;
-        // Pushes: the client posts to the mediator and hands each outcome
-        // back to the shard that owns the account.
+        // Pushes: the client hands them to the mediator and each outcome
+        // back to the shard that owns the account. The in-process mediator
+        // (without push.mediator_url) is called directly: no HTTP, no JSON;
+        // its HTTP front still serves other nodes, health and metrics.
         let results = shards.push_results();
-        let mut push_cfg = cfg.push.clone();
-        if push_cfg.mediator_url.is_none() && cfg.mediator.in_process {
-            push_cfg.mediator_url = Some(format!("http://{}/push", cfg.mediator.listen));
-        }
+        let mediator = if cfg.mediator.in_process {
+            let m = crate::push::mediator::start(&cfg.mediator)
+                .map_err(|e| ServeError::Admin(format!("push mediator: {e}")))?;
+            tracing::info!(listen = %m.local_addr(), "push mediator in process");
+            Some(Box::new(m))
+        } else {
+            None
+        };
         let deliver = results.clone();
-        let client = Arc::new(
-            PushClient::start(&push_cfg, move |o| deliver.deliver(o))
-                .map_err(|e| ServeError::Admin(format!("push client: {e}")))?,
-        );
+        let client = match (&cfg.push.mediator_url, &mediator) {
+            (None, Some(m)) => {
+                PushClient::in_process(&cfg.push, m.mediator().clone(), m.runtime(), move |o| {
+                    deliver.deliver(o)
+                })
+            }
+            _ => PushClient::start(&cfg.push, move |o| deliver.deliver(o)),
+        }
+        .map_err(|e| ServeError::Admin(format!("push client: {e}")))?;
+        let client = Arc::new(client);
         let pusher = client.clone();
         let _ = sink.pusher.set(Box::new(move |req: PushRequest| {
-            if let Err(req) = pusher.submit(req) {
-                // The queue is full: the push fails at once, so the call
-                // does not wait for a device that was never woken.
+            if let Err((req, refusal)) = pusher.try_submit(req) {
+                // The client is full: the push fails at once, so the call
+                // does not wait for a device that was never woken (the
+                // engine answers 480 when every push of a call failed).
                 results.deliver(PushOutcome {
                     id: req.id,
                     account: req.account,
                     device: req.device.id,
                     result: PushResult::Failed,
-                    error: Some("push queue full (push.queue)".into()),
+                    error: Some(refusal.reason().into()),
                 });
             }
         }));
@@ -243,6 +258,7 @@ impl Server {
         Ok(Server {
             core,
             admin: Some(admin),
+            mediator,
         })
     }
 
@@ -269,6 +285,9 @@ impl Server {
             Err(core) => {
                 let _ = core.store.flush();
             }
+        }
+        if let Some(m) = self.mediator.take() {
+            m.shutdown();
         }
     }
 }

@@ -38,6 +38,7 @@ pub(super) struct ShardCtx {
     pub router: std::sync::Arc<Router>,
     pub engine: EngineConfig,
     pub control: crossbeam_channel::Receiver<Control>,
+    pub outcomes: tokio::sync::mpsc::UnboundedReceiver<crate::push::PushOutcome>,
     pub sink: Arc<dyn EventSink>,
     pub metrics: Arc<ShardMetrics>,
 }
@@ -51,6 +52,7 @@ pub(super) async fn run(ctx: ShardCtx) {
         router,
         engine,
         control,
+        outcomes,
         sink,
         metrics,
     } = ctx;
@@ -88,6 +90,12 @@ pub(super) async fn run(ctx: ShardCtx) {
     }
     metrics.alive.store(true, Ordering::Release);
 
+    tasks.push(glommio::spawn_local(outcome_loop(
+        outcomes,
+        engine.clone(),
+        sock.clone(),
+        sink.clone(),
+    )));
     tasks.push(glommio::spawn_local(recv_loop(
         id,
         engine.clone(),
@@ -128,7 +136,6 @@ pub(super) async fn run(ctx: ShardCtx) {
                 Control::RemoveDevice(account, name) => {
                     e.remove_device(account, &name);
                 }
-                Control::PushResult(outcome) => e.handle_push_result(now, outcome),
                 Control::Remove(id) => {
                     e.remove_account(now, id);
                 }
@@ -230,6 +237,31 @@ async fn shared_loop(
         engine
             .borrow_mut()
             .handle_datagram(Instant::now(), from, Flow::SharedUdp, data);
+        flush(&engine, &sock, &*sink).await;
+    }
+}
+
+/// Push outcomes, as soon as they come: the push client's thread wakes
+/// this task (glommio takes wakes from foreign threads through its
+/// eventfd), so the engine's answer to the caller (`180` with
+/// `Push-Notification-Sent`, or the `480` when every push failed) leaves
+/// at once instead of at the next tick.
+async fn outcome_loop(
+    mut outcomes: tokio::sync::mpsc::UnboundedReceiver<crate::push::PushOutcome>,
+    engine: Rc<RefCell<Engine>>,
+    sock: Rc<Sockets>,
+    sink: Arc<dyn EventSink>,
+) {
+    while let Some(first) = outcomes.recv().await {
+        {
+            let now = Instant::now();
+            let mut e = engine.borrow_mut();
+            e.handle_push_result(now, first);
+            // Whatever else arrived meanwhile goes in the same flush.
+            while let Ok(o) = outcomes.try_recv() {
+                e.handle_push_result(now, o);
+            }
+        }
         flush(&engine, &sock, &*sink).await;
     }
 }

@@ -740,6 +740,16 @@ impl Admin {
 
 // ---- the mediator stub ---------------------------------------------------------
 
+/// How long the stand-in takes to answer, on top of what a handler asks
+/// for: a realistic APNs/FCM round trip. `SIPIS_STANDIN_DELAY_MS`
+/// (default 100; 0 for none).
+pub fn standin_delay() -> Duration {
+    std::env::var("SIPIS_STANDIN_DELAY_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::from_millis(100), Duration::from_millis)
+}
+
 /// One push request the mediator received.
 #[derive(Debug, Clone)]
 pub struct Push {
@@ -949,6 +959,8 @@ fn serve_conn(mut s: TcpStream, state: &(Mutex<Received>, Condvar), stop: &Atomi
                                 });
                             }
                             state.1.notify_all();
+                            // A realistic push service round trip.
+                            std::thread::sleep(standin_delay());
                             let a = json!({"id": id, "result": "sent", "platform_id": format!("e2e-{id}")})
                                 .to_string();
                             format!(

@@ -10,6 +10,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How long the stand-in takes to answer, on top of what a handler asks
+/// for: a realistic APNs/FCM round trip. `SIPIS_STANDIN_DELAY_MS`
+/// (default 100; 0 for none).
+pub fn standin_delay() -> Duration {
+    std::env::var("SIPIS_STANDIN_DELAY_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::from_millis(100), Duration::from_millis)
+}
+
 /// A test CA and a certificate it issued for `127.0.0.1` and `localhost`.
 pub struct TestTls {
     /// The CA certificate (PEM) the mediator is told to trust.
@@ -138,7 +148,17 @@ impl Stub {
 
     /// HTTP/2 without TLS (prior knowledge), for `http://` URLs.
     pub fn start_plain(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Stub {
-        Stub::start_inner(None, 1, handler)
+        Stub::start_inner(None, 1, 1000, handler)
+    }
+
+    /// A TLS stand-in that announces `SETTINGS_MAX_CONCURRENT_STREAMS` =
+    /// `streams` on each connection (APNs lowers it for new connections).
+    pub fn start_with_max_streams(
+        tls: &TestTls,
+        streams: u32,
+        handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static,
+    ) -> Stub {
+        Stub::start_inner(Some(tls), 1, streams, handler)
     }
 
     pub fn start_with_threads(
@@ -146,12 +166,13 @@ impl Stub {
         threads: usize,
         handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static,
     ) -> Stub {
-        Stub::start_inner(Some(tls), threads, handler)
+        Stub::start_inner(Some(tls), threads, 1000, handler)
     }
 
     fn start_inner(
         tls: Option<&TestTls>,
         threads: usize,
+        max_streams: u32,
         handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static,
     ) -> Stub {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -169,6 +190,7 @@ impl Stub {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let handler: Arc<Handler> = Arc::new(handler);
         let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone()));
+        let service_delay = standin_delay();
         let (s, c, m) = (seen.clone(), connections.clone(), max_in_flight.clone());
         rt.spawn(async move {
             loop {
@@ -179,6 +201,8 @@ impl Stub {
                 let id = c.fetch_add(1, Ordering::SeqCst);
                 let ctx = Conn {
                     id,
+                    max_streams,
+                    service_delay,
                     seen: s.clone(),
                     handler: handler.clone(),
                     in_flight: in_flight.clone(),
@@ -246,6 +270,10 @@ impl Drop for Stub {
 
 struct Conn {
     id: u64,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` it announces.
+    max_streams: u32,
+    /// [`standin_delay`], read once at start.
+    service_delay: Duration,
     seen: Arc<Mutex<Vec<Seen>>>,
     handler: Arc<Handler>,
     in_flight: Arc<AtomicUsize>,
@@ -258,7 +286,7 @@ impl Conn {
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let Ok(mut conn) = h2::server::Builder::new()
-            .max_concurrent_streams(1000)
+            .max_concurrent_streams(self.max_streams)
             .handshake::<_, Bytes>(io)
             .await
         else {
@@ -310,8 +338,9 @@ impl Conn {
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         self.seen.lock().unwrap().push(seen.clone());
         let answer = (self.handler)(&seen);
-        if !answer.delay.is_zero() {
-            tokio::time::sleep(answer.delay).await;
+        let delay = answer.delay + self.service_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         let mut resp = http::Response::builder().status(answer.status);

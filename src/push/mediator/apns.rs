@@ -358,6 +358,9 @@ impl Apns {
         let mut other_tried = false;
         let mut resigned = false;
         let mut backoff = Backoff::new(deadline);
+        // APNs's last "busy" answer: when the deadline then cuts the last
+        // attempt short, that answer is what the push failed on.
+        let mut busy: Option<String> = None;
         loop {
             let now = Instant::now();
             let timeout = self
@@ -391,11 +394,18 @@ impl Apns {
                             continue;
                         }
                         None => {
-                            return Outcome::failed(format!(
-                                "APNs {env_name}: {e}; gave up at the deadline after {} \
-                                 retries (apns-id {apns_id})",
-                                backoff.retries
-                            ))
+                            return Outcome::failed(match &busy {
+                                Some(what) => format!(
+                                    "{what}; gave up at the deadline after {} retries (the \
+                                     last attempt: {e}) (apns-id {apns_id})",
+                                    backoff.retries
+                                ),
+                                None => format!(
+                                    "APNs {env_name}: {e}; gave up at the deadline after {} \
+                                     retries (apns-id {apns_id})",
+                                    backoff.retries
+                                ),
+                            })
                         }
                     }
                 }
@@ -448,6 +458,7 @@ impl Apns {
                     .with_id(id)
                 }
                 Verdict::Retry => {
+                    busy = Some(what.clone());
                     let after = retry::retry_after(&reply.headers, SystemTime::now());
                     match backoff.next(Instant::now(), after) {
                         Some(wait) => {

@@ -1,7 +1,10 @@
-//! The HTTP/2 client the mediator talks to APNs and Google with: one TLS
-//! connection per origin, kept open and shared by all pushes as concurrent
-//! streams (RFC 9113 §5.1.2: the server's `SETTINGS_MAX_CONCURRENT_STREAMS`
-//! bounds them; `h2` waits for a free stream when it is reached).
+//! The HTTP/2 client the mediator talks to APNs and Google with: TLS
+//! connections per origin, kept open and shared by all pushes as concurrent
+//! streams. RFC 9113 §5.1.2: the server's `SETTINGS_MAX_CONCURRENT_STREAMS`
+//! bounds the streams of one connection (APNs announces 1 000 at most, and
+//! fewer while a fresh connection is trusted less), so when every
+//! connection of an origin is at its limit another one is opened, up to
+//! [`MAX_CONNECTIONS_PER_ORIGIN`]; past that `h2` waits for a free stream.
 //!
 //! `http://` URLs speak HTTP/2 without TLS ("prior knowledge", RFC 9113
 //! §3.3): only for local stand-ins, APNs and Google are `https://`.
@@ -20,11 +23,16 @@ use rustls::{ClientConfig, RootCertStore};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+
+/// Most connections kept to one origin. 16 × APNs's 1 000 streams is far
+/// beyond `mediator.concurrency`'s pushes at once; the cap only guards
+/// against a peer that announces tiny stream limits.
+pub(crate) const MAX_CONNECTIONS_PER_ORIGIN: usize = 16;
 
 /// Largest answer body read (APNs and FCM error bodies are a few hundred
 /// bytes; a token answer about 1 KiB).
@@ -168,11 +176,11 @@ pub(crate) struct Client {
     connects: AtomicU64,
 }
 
-/// The connection to one origin, if any. The async mutex is held while
-/// connecting, so that concurrent requests wait for one connection
+/// The connections to one origin. The async mutex is held while
+/// connecting, so that concurrent requests wait for one new connection
 /// instead of each opening its own.
 struct Slot {
-    live: tokio::sync::Mutex<Option<Live>>,
+    live: tokio::sync::Mutex<Vec<Live>>,
 }
 
 struct Live {
@@ -180,6 +188,32 @@ struct Live {
     send: SendRequest<Bytes>,
     /// Set by the connection's driver task when the connection ends.
     closed: Arc<AtomicBool>,
+    /// Requests on it now.
+    load: Arc<AtomicUsize>,
+}
+
+impl Live {
+    /// Room for one more stream within the peer's
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    fn has_room(&self) -> bool {
+        self.load.load(Ordering::Acquire) < self.send.current_max_send_streams()
+    }
+}
+
+/// One request's share of a connection's load.
+struct Load(Arc<AtomicUsize>);
+
+impl Load {
+    fn on(load: &Arc<AtomicUsize>) -> Load {
+        load.fetch_add(1, Ordering::AcqRel);
+        Load(load.clone())
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -260,7 +294,7 @@ impl Client {
         // request went out, the request goes out once more on a new one.
         let mut fresh_tried = false;
         loop {
-            let (id, send, fresh) = self.sender(origin).await?;
+            let (id, send, fresh, _load) = self.sender(origin).await?;
             let may_retry = !fresh && !fresh_tried;
             let mut send = match send.ready().await {
                 Ok(s) => s,
@@ -322,41 +356,57 @@ impl Client {
         }
     }
 
-    /// The live connection to `origin` (connecting if there is none):
-    /// its id, a handle, and whether it was opened just now.
-    async fn sender(&self, origin: &Origin) -> Result<(u64, SendRequest<Bytes>, bool), H2Error> {
+    /// A live connection to `origin` with a free stream (connecting when
+    /// every one is full and the cap allows): its id, a handle, whether it
+    /// was opened just now, and this request's share of its load.
+    async fn sender(
+        &self,
+        origin: &Origin,
+    ) -> Result<(u64, SendRequest<Bytes>, bool, Load), H2Error> {
         let slot = lock(&self.slots)
             .entry(origin.clone())
             .or_insert_with(|| {
                 Arc::new(Slot {
-                    live: tokio::sync::Mutex::new(None),
+                    live: tokio::sync::Mutex::new(Vec::new()),
                 })
             })
             .clone();
         let mut live = slot.live.lock().await;
-        if let Some(l) = &*live {
-            if !l.closed.load(Ordering::Acquire) {
-                return Ok((l.id, l.send.clone(), false));
-            }
+        live.retain(|l| !l.closed.load(Ordering::Acquire));
+        // The first with room: a light load stays on one connection.
+        if let Some(l) = live.iter().find(|l| l.has_room()) {
+            return Ok((l.id, l.send.clone(), false, Load::on(&l.load)));
+        }
+        if live.len() >= MAX_CONNECTIONS_PER_ORIGIN {
+            // All full: the least loaded; h2 waits for a free stream.
+            let l = live
+                .iter()
+                .min_by_key(|l| l.load.load(Ordering::Acquire))
+                .expect("at the cap, so not empty");
+            return Ok((l.id, l.send.clone(), false, Load::on(&l.load)));
         }
         let (send, closed) = self.connect(origin).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        *live = Some(Live {
+        let load = Arc::new(AtomicUsize::new(0));
+        let share = Load::on(&load);
+        live.push(Live {
             id,
             send: send.clone(),
             closed,
+            load,
         });
-        Ok((id, send, true))
+        if live.len() > 1 {
+            tracing::debug!(origin = %origin, connections = live.len(),
+                "every HTTP/2 connection at its stream limit: one more opened");
+        }
+        Ok((id, send, true, share))
     }
 
     /// Drops connection `id` to `origin` unless it was replaced already.
     async fn forget(&self, origin: &Origin, id: u64) {
         let slot = lock(&self.slots).get(origin).cloned();
         if let Some(slot) = slot {
-            let mut live = slot.live.lock().await;
-            if live.as_ref().is_some_and(|l| l.id == id) {
-                *live = None;
-            }
+            slot.live.lock().await.retain(|l| l.id != id);
         }
     }
 

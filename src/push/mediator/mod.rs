@@ -32,6 +32,7 @@ mod retry;
 mod server;
 mod stats;
 
+pub(crate) use http2::tls_config as client_tls;
 pub use jwt::KeyProblem;
 pub use server::{start, MediatorHandle};
 
@@ -77,7 +78,7 @@ impl Default for MediatorConfig {
             fcm: None,
             request_timeout: Duration::from_secs(2),
             deadline: Duration::from_secs(4),
-            concurrency: 256,
+            concurrency: 2_000,
             tls: None,
         }
     }

@@ -161,7 +161,7 @@ pub fn start(cfg: &MediatorConfig) -> Result<MediatorHandle, MediatorError> {
     front_cfg.tls = cfg.tls.clone();
     front_cfg.max_body_bytes = MAX_PUSH_BODY;
     front_cfg.max_import_bytes = MAX_PUSH_BODY;
-    front_cfg.max_connections = (cfg.concurrency as usize).clamp(1, 1024);
+    front_cfg.max_connections = (cfg.concurrency as usize).clamp(1, 4096);
     let site = MediatorSite {
         mediator: mediator.clone(),
         runtime: runtime.handle().clone(),
@@ -191,6 +191,15 @@ impl MediatorHandle {
     /// The mediator, for in-process use from async code.
     pub fn mediator(&self) -> &Arc<Mediator> {
         &self.mediator
+    }
+
+    /// The runtime the mediator's pushes run on, for in-process callers
+    /// that spawn `Mediator::send` on it (`PushClient::in_process`).
+    pub fn runtime(&self) -> tokio::runtime::Handle {
+        match &self.runtime {
+            Some(rt) => rt.handle().clone(),
+            None => unreachable!("the runtime lives until the handle is dropped"),
+        }
     }
 
     /// Sends one push in-process, blocking until its answer. Must not be
