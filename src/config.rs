@@ -166,6 +166,8 @@ pub struct SipConfig {
     pub user_agent: String,
     /// Binding lifetime (seconds) of accounts provisioned without one.
     pub default_expires: u32,
+    /// Most transactions in flight per shard, server and client each.
+    pub max_transactions: usize,
 }
 
 impl Default for SipConfig {
@@ -183,6 +185,7 @@ impl Default for SipConfig {
             retry_max: reg.retry_max,
             user_agent: reg.user_agent,
             default_expires: 3600,
+            max_transactions: engine.max_server_transactions,
         }
     }
 }
@@ -909,6 +912,8 @@ impl Config {
             },
             phone_contact_host: host_port(&self.public_host(), self.server.sip_port),
             calls: self.calls.clone(),
+            max_server_transactions: self.sip.max_transactions,
+            max_client_transactions: self.sip.max_transactions,
             ..EngineConfig::default()
         }
     }
@@ -1018,6 +1023,7 @@ struct RawSip {
     retry_max: V,
     user_agent: V,
     default_expires: V,
+    max_transactions: V,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -1032,6 +1038,7 @@ struct RawCalls {
     phone_max_expires: V,
     pnsreg: V,
     phone_digest_algorithms: V,
+    max_calls: V,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -1852,6 +1859,14 @@ fn convert(raw: RawFile, r: &mut Reader) -> Config {
                 60..=604_800,
             )
             .map_or(d.sip.default_expires, |n| n as u32),
+        max_transactions: r
+            .int(
+                "sip.max_transactions",
+                s.max_transactions,
+                "a count",
+                100..=10_000_000,
+            )
+            .map_or(d.sip.max_transactions, |n| n as usize),
     };
 
     let s = raw.calls.unwrap_or_default();
@@ -1903,6 +1918,9 @@ fn convert(raw: RawFile, r: &mut Reader) -> Config {
         phone_digest_algorithms: r
             .digest_algorithms("calls.phone_digest_algorithms", s.phone_digest_algorithms)
             .unwrap_or(d.calls.phone_digest_algorithms),
+        max_calls: r
+            .int("calls.max_calls", s.max_calls, "a count", 10..=10_000_000)
+            .map_or(d.calls.max_calls, |n| n as usize),
     };
 
     let s = raw.push.unwrap_or_default();

@@ -2695,3 +2695,121 @@ fn register_and_invite_answers_do_not_tell_unknown_users_from_known_ones() {
         Some("Device-Not-Reachable")
     );
 }
+
+// ---- bounded memory under a flood ---------------------------------------
+
+/// A request outside any dialog from `from`, with its own branch.
+fn stray_request(method: &str, n: u32, from: &str) -> bytes::Bytes {
+    bytes::Bytes::from(format!(
+        "{method} sip:sipis@{PHONE_PORT} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {from};branch=z9hG4bKflood{n}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@example.test>;tag=f{n}\r\n\
+         To: <sip:sipis@{PHONE_PORT}>\r\nCall-ID: flood-{n}\r\nCSeq: 1 {method}\r\n\
+         Content-Length: 0\r\n\r\n"
+    ))
+}
+
+fn answers(s: &Sim, to: &str) -> Vec<u16> {
+    s.sent
+        .iter()
+        .filter(|(_, dest, _)| *dest == addr(to))
+        .filter_map(|(_, _, d)| status(d))
+        .collect()
+}
+
+#[test]
+fn an_options_flood_holds_no_transactions() {
+    let mut s = sim();
+    let p = phone(&mut s, PHONE1, IPHONE, None);
+    let port = s.phone_addr;
+    s.poke(&p, |_, _, out| {
+        for n in 0..2_000 {
+            out.push((port, stray_request("OPTIONS", n, PHONE1)));
+        }
+    });
+    s.run_for(Duration::from_millis(100));
+    let got = answers(&s, PHONE1);
+    assert_eq!(got.len(), 2_000);
+    assert!(got.iter().all(|&c| c == 200));
+    assert_eq!(s.engine.transaction_count().1, 0, "OPTIONS held no state");
+    assert_eq!(s.engine.stats().options, 2_000);
+    let allow = s
+        .sent
+        .iter()
+        .rev()
+        .find(|(_, d, _)| *d == addr(PHONE1))
+        .unwrap();
+    assert!(header(&allow.2, "Allow").unwrap().contains("REGISTER"));
+}
+
+#[test]
+fn a_full_transaction_table_answers_503_with_retry_after_then_recovers() {
+    let start_at = Instant::now();
+    let engine = Engine::new(
+        EngineConfig {
+            via: ENGINE.into(),
+            contact_host: ENGINE.into(),
+            phone_contact_host: PHONE_PORT.into(),
+            max_server_transactions: 5,
+            ..EngineConfig::default()
+        },
+        start_at,
+    );
+    let registrar = SimRegistrar::new(addr(REGISTRAR), "provider.test", start_at);
+    let mut s = Sim::new(engine, addr(ENGINE), registrar, start_at);
+    s.phone_addr = addr(PHONE_PORT);
+    let p = phone(&mut s, PHONE1, IPHONE, None);
+    let port = s.phone_addr;
+    s.poke(&p, |_, _, out| {
+        for n in 0..8 {
+            out.push((port, stray_request("INFO", n, PHONE1)));
+        }
+    });
+    s.run_for(Duration::from_millis(100));
+    // Five transactions (481 each, kept for Timer J), then the table is
+    // full: 503 with Retry-After, statelessly.
+    assert_eq!(
+        answers(&s, PHONE1),
+        vec![481, 481, 481, 481, 481, 503, 503, 503]
+    );
+    let busy = s
+        .sent
+        .iter()
+        .rev()
+        .find(|(_, d, _)| *d == addr(PHONE1))
+        .unwrap();
+    assert_eq!(header(&busy.2, "Retry-After").as_deref(), Some("5"));
+    assert_eq!(s.engine.stats().overloaded, 3);
+    assert_eq!(s.engine.transaction_count().1, 5);
+    // Timer J frees the table; the next request is served again.
+    s.run_for(Duration::from_secs(40));
+    assert_eq!(s.engine.transaction_count().1, 0);
+    s.poke(&p, |_, _, out| {
+        out.push((port, stray_request("INFO", 99, PHONE1)))
+    });
+    s.run_for(Duration::from_millis(100));
+    assert_eq!(answers(&s, PHONE1).last(), Some(&481));
+}
+
+#[test]
+fn a_full_pending_call_map_answers_503() {
+    let mut s = sim_with(CallConfig {
+        max_calls: 1,
+        ..CallConfig::default()
+    });
+    provision(&mut s, "iphone", IPHONE);
+    let _p = phone(&mut s, PHONE1, IPHONE, None);
+    let c1 = caller(&mut s);
+    let c2 = s.add_peer(
+        SimCaller::new(addr("127.0.0.4:5060"), s.engine_addr, ACCOUNT_TOKEN),
+        Flow::Udp,
+    );
+    start(&mut s, &c1);
+    s.run_for(Duration::from_millis(200));
+    start(&mut s, &c2);
+    s.run_for(Duration::from_millis(200));
+    // The first call waits for its phone; the second is turned away.
+    assert_eq!(c2.borrow().ua.codes("INVITE"), vec![503]);
+    assert_eq!(s.mediator.of_kind(PushKind::IncomingCall).len(), 1);
+    assert_eq!(s.engine.stats().overloaded, 1);
+}

@@ -102,7 +102,7 @@ fn defaults_are_the_documented_ones() {
 #[test]
 fn example_file_documents_every_key() {
     let keys = Config::known_keys();
-    assert_eq!(keys.len(), 63, "{keys:?}");
+    assert_eq!(keys.len(), 65, "{keys:?}");
     // Subsections contribute their keys, not themselves.
     assert!(keys.contains(&"mediator.apns.key_id".to_owned()));
     assert!(keys.contains(&"mediator.fcm.send_url".to_owned()));
@@ -778,7 +778,7 @@ fn calls_section_takes_every_key() {
         "[calls]\ndevice_wait = \"2m\"\nlate_wake_window = \"20s\"\nlate_wake_guard = 750\n\
          push_status_header = false\nphone_realm = \"phones.example.net\"\n\
          phone_min_expires = 30\nphone_max_expires = 7200\npnsreg = 300\n\
-         phone_digest_algorithms = [\"SHA-256\", \"MD5\"]\n",
+         phone_digest_algorithms = [\"SHA-256\", \"MD5\"]\nmax_calls = 500\n",
     ))
     .unwrap();
     assert_eq!(
@@ -796,6 +796,7 @@ fn calls_section_takes_every_key() {
                 sipis::digest::Algorithm::Sha256,
                 sipis::digest::Algorithm::Md5
             ],
+            max_calls: 500,
         }
     );
 }

@@ -57,6 +57,7 @@ struct Settings {
     register_rate: u32,
     register_burst: u32,
     registration: RegistrationConfig,
+    max_client_transactions: usize,
 }
 
 /// The accounts of one shard.
@@ -84,6 +85,7 @@ impl Accounts {
                 register_rate: cfg.register_rate,
                 register_burst: cfg.register_burst,
                 registration: cfg.registration.clone(),
+                max_client_transactions: cfg.max_client_transactions,
             },
             accounts: HashMap::new(),
             by_token: HashMap::new(),
@@ -396,6 +398,11 @@ impl Accounts {
         let interval = Duration::from_secs(1) / self.settings.register_rate.max(1);
         let tolerance = interval * self.settings.register_burst.saturating_sub(1);
         while let Some(&id) = self.send_queue.front() {
+            if txs.counts().0 >= self.settings.max_client_transactions {
+                // The transaction table is full: the queue waits (the
+                // engine drains it again at every timeout).
+                return;
+            }
             let tat = self.rate_tat.max(now);
             if tat > now + tolerance {
                 if self.rate_timer.is_none() {

@@ -404,6 +404,14 @@ impl Calls {
         data: &[u8],
         slot: usize,
     ) {
+        if self.calls.len() >= self.cfg.max_calls {
+            // The pending-call map is full: the caller (or its proxy) tries
+            // again later or elsewhere (RFC 3261 §21.5.4).
+            env.ctx.stats.overloaded += 1;
+            return env
+                .txs
+                .reply_error(env.ctx, now, slot, msg, SipError::Overloaded);
+        }
         env.ctx.stats.calls += 1;
         // RFC 3261 §17.2.1: a 100 at once stops the caller's retransmissions.
         env.txs

@@ -32,6 +32,12 @@ pub struct EngineConfig {
     pub phone_contact_host: String,
     /// Incoming calls and the phones' registrar.
     pub calls: CallConfig,
+    /// Most server transactions in flight on this shard: past it a new
+    /// request gets `503` + `Retry-After`, statelessly, and is counted.
+    pub max_server_transactions: usize,
+    /// Most client transactions in flight on this shard: past it REGISTERs
+    /// wait in their queue.
+    pub max_client_transactions: usize,
 }
 
 impl Default for EngineConfig {
@@ -47,6 +53,8 @@ impl Default for EngineConfig {
             key: None,
             phone_contact_host: "127.0.0.1:5060".into(),
             calls: CallConfig::default(),
+            max_server_transactions: 50_000,
+            max_client_transactions: 50_000,
         }
     }
 }
@@ -80,6 +88,9 @@ pub struct CallConfig {
     /// preferred first). MD5 alone by default: a libre-based client
     /// (baresip) abandons a 401 that lists SHA-256 beside MD5.
     pub phone_digest_algorithms: Vec<crate::digest::Algorithm>,
+    /// Most calls in the pending-call map of a shard (waiting, up, or kept
+    /// for the late wake): past it a new INVITE gets `503` + `Retry-After`.
+    pub max_calls: usize,
 }
 
 impl Default for CallConfig {
@@ -94,6 +105,7 @@ impl Default for CallConfig {
             phone_max_expires: 3600,
             pnsreg: 121,
             phone_digest_algorithms: vec![crate::digest::Algorithm::Md5],
+            max_calls: 20_000,
         }
     }
 }

@@ -4,6 +4,9 @@
 
 use sipis_parser::{self as parser, Writer};
 
+/// Seconds a client is asked to wait when a table is full.
+pub const OVERLOAD_RETRY_AFTER: u32 = 5;
+
 /// Why sipis answers a request with an error (or ends a call unanswered).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -50,6 +53,9 @@ pub enum SipError {
     NotImplemented,
     /// sipis could not build its own answer.
     Internal,
+    /// A table of the shard is full (transactions, pending calls): try
+    /// again later (RFC 3261 §21.5.4, with Retry-After).
+    Overloaded,
 }
 
 impl SipError {
@@ -72,6 +78,7 @@ impl SipError {
             SipError::RequestTerminated => 487,
             SipError::Internal => 500,
             SipError::NotImplemented => 501,
+            SipError::Overloaded => 503,
             SipError::PushServiceNotSupported => 555,
         }
     }
@@ -97,6 +104,7 @@ impl SipError {
             SipError::RequestTerminated => "Request Terminated",
             SipError::Internal => "Server Internal Error",
             SipError::NotImplemented => "Not Implemented",
+            SipError::Overloaded => "Service Unavailable",
             SipError::PushServiceNotSupported => "Push Notification Service Not Supported",
         }
     }
@@ -113,6 +121,9 @@ impl SipError {
             }
             SipError::DeviceNotReachable => {
                 w.header("X-Sipis-Reason", b"Device-Not-Reachable");
+            }
+            SipError::Overloaded => {
+                w.header_u32("Retry-After", OVERLOAD_RETRY_AFTER);
             }
             _ => {}
         }

@@ -124,6 +124,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 use transactions::{respond_stateless, Transactions, TxOwner};
 
+/// The methods sipis handles (`Allow`).
+const ALLOW: &[u8] = b"INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK, UPDATE, INFO, REGISTER";
+
 /// One shard's SIP engine. See the crate doc for how to drive it.
 pub struct Engine {
     cfg: EngineConfig,
@@ -351,6 +354,7 @@ impl Engine {
             }
         }
         self.accounts.drain(&mut self.ctx, &mut self.txs, now);
+        self.txs.shrink_if_idle();
     }
 
     /// Fresh OS entropy for the CSPRNG (the shell calls this now and then).
@@ -417,7 +421,15 @@ impl Engine {
             // RFC 3261 §8.2: answer what can be answered; never answer an ACK.
             if method != Method::Ack {
                 let e = SipError::from(e);
-                respond_stateless(&mut self.ctx, msg, from, flow, e.status(), e.reason());
+                respond_stateless(
+                    &mut self.ctx,
+                    msg,
+                    from,
+                    flow,
+                    e.status(),
+                    e.reason(),
+                    |_| {},
+                );
             }
             return;
         }
@@ -434,6 +446,29 @@ impl Engine {
             // An ACK for a 2xx (end to end) or for a transaction long gone.
             return self.calls.call_ack(env!(self), now, msg, data);
         }
+        let in_dialog = msg.to().ok().and_then(|t| t.tag()).is_some();
+        if method == Method::Options && !in_dialog {
+            // A keep-alive or capability probe: answered at once and
+            // forgotten (a retransmission gets the same answer again), so a
+            // flood of them holds no memory.
+            self.ctx.stats.options += 1;
+            return respond_stateless(&mut self.ctx, msg, from, flow, 200, "OK", |w| {
+                w.header("Allow", ALLOW);
+            });
+        }
+        if self.txs.counts().1 >= self.cfg.max_server_transactions {
+            self.ctx.stats.overloaded += 1;
+            let e = SipError::Overloaded;
+            return respond_stateless(
+                &mut self.ctx,
+                msg,
+                from,
+                flow,
+                e.status(),
+                e.reason(),
+                |w| e.write_headers(w),
+            );
+        }
         let kind = if method == Method::Invite {
             Kind::Invite
         } else {
@@ -444,7 +479,6 @@ impl Engine {
             .open_server(&mut self.ctx, now, key, kind, from, flow);
         self.ctx.stats.server_tx += 1;
         // The transaction user.
-        let in_dialog = msg.to().ok().and_then(|t| t.tag()).is_some();
         match method {
             Method::Cancel => self.calls.incoming_cancel(env!(self), now, msg, slot),
             _ if in_dialog => self.calls.in_dialog(env!(self), now, from, msg, data, slot),

@@ -74,6 +74,11 @@ pub struct Stats {
     pub datagrams: u64,
     /// CRLF keep-alives received (not counted as parse errors).
     pub keepalives: u64,
+    /// Requests refused with 503 because a table was full (server
+    /// transactions, pending calls).
+    pub overloaded: u64,
+    /// OPTIONS answered without a transaction.
+    pub options: u64,
     pub parse_errors: u64,
     pub registers_sent: u64,
     pub register_ok: u64,

@@ -91,6 +91,22 @@ impl Transactions {
         (self.clients.len(), self.servers.len())
     }
 
+    /// Gives back the memory of tables a flood grew, once they are mostly
+    /// empty again (cheap to call often: it compares lengths first).
+    pub fn shrink_if_idle(&mut self) {
+        fn slack(len: usize, cap: usize) -> bool {
+            cap > 4096 && cap > len * 4
+        }
+        if slack(self.servers.len(), self.servers.capacity()) {
+            self.servers.shrink_to_fit();
+            self.server_keys.shrink_to_fit();
+        }
+        if slack(self.clients.len(), self.clients.capacity()) {
+            self.clients.shrink_to_fit();
+            self.client_keys.shrink_to_fit();
+        }
+    }
+
     /// Request round trips (sent to final response), in microseconds.
     pub fn latency(&self) -> &Histogram<u64> {
         &self.latency
@@ -416,10 +432,12 @@ pub(crate) fn respond_stateless(
     flow: Flow,
     code: u16,
     reason: &str,
+    extra: impl FnOnce(&mut Writer<'_>),
 ) {
     let tag = ctx.new_tag();
     ctx.buf.clear();
-    if let Ok(w) = parser::response_to(&mut ctx.buf, msg, code, reason, tag.as_bytes(), from) {
+    if let Ok(mut w) = parser::response_to(&mut ctx.buf, msg, code, reason, tag.as_bytes(), from) {
+        extra(&mut w);
         w.finish(b"");
         let payload = ctx.buf.split().freeze();
         ctx.transmits.push_back(Transmit {

@@ -627,6 +627,27 @@ impl AdminApi for Core {
         );
         counter(
             out,
+            "sipis_keepalives_total",
+            "CRLF keep-alives received over UDP.",
+            &[],
+            sum(&|s| s.stats.keepalives),
+        );
+        counter(
+            out,
+            "sipis_options_total",
+            "OPTIONS outside a dialog, answered without a transaction.",
+            &[],
+            sum(&|s| s.stats.options),
+        );
+        counter(
+            out,
+            "sipis_overloaded_total",
+            "Requests refused with 503 + Retry-After: a shard's transaction table or pending-call map was full.",
+            &[],
+            sum(&|s| s.stats.overloaded),
+        );
+        counter(
+            out,
             "sipis_register_sent_total",
             "REGISTER requests sent upstream.",
             &[],
