@@ -2813,3 +2813,66 @@ fn a_full_pending_call_map_answers_503() {
     assert_eq!(s.mediator.of_kind(PushKind::IncomingCall).len(), 1);
     assert_eq!(s.engine.stats().overloaded, 1);
 }
+
+// ---- password guessing --------------------------------------------------
+
+#[test]
+fn guessing_is_slowed_for_that_source_while_the_owners_phone_registers() {
+    let mut s = sim();
+    let attacker = phone(&mut s, PHONE2, IPAD, None);
+    attacker.borrow_mut().password = "guess".into();
+    let owner = phone(&mut s, PHONE1, IPHONE, None);
+    // Ten guesses in a row, one every 100 ms.
+    for _ in 0..10 {
+        s.poke(&attacker, |p, now, out| p.register(now, out));
+        s.run_for(Duration::from_millis(100));
+    }
+    let codes: Vec<u16> = attacker
+        .borrow()
+        .ua
+        .responses("REGISTER")
+        .iter()
+        .filter_map(|r| status(r))
+        .collect();
+    // 401 + 403 for each of the first five guesses; then refused at once
+    // with Retry-After, without a challenge to answer.
+    assert_eq!(
+        &codes[..10],
+        &[401, 403, 401, 403, 401, 403, 401, 403, 401, 403]
+    );
+    assert!(codes[10..].iter().all(|&c| c == 403), "{codes:?}");
+    let blocked = attacker
+        .borrow()
+        .ua
+        .responses("REGISTER")
+        .last()
+        .unwrap()
+        .clone();
+    assert!(header(&blocked, "Retry-After").is_some());
+    assert!(header(&blocked, "WWW-Authenticate").is_none());
+    assert_eq!(s.engine.stats().phone_auth_failures, 5);
+    let blocks: Vec<_> = s
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::AuthBlocked { source, aor, .. } => Some((*source, aor.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        blocks,
+        vec![(addr(PHONE2).ip(), "user1@provider.test".to_string())]
+    );
+    // The owner's phone, from its own address, registers at once.
+    s.poke(&owner, |p, now, out| p.register(now, out));
+    s.run_for(Duration::from_millis(200));
+    assert_eq!(owner.borrow().last_register(), Some(200));
+    // At most one guess a second gets through to the digest check.
+    let before = s.engine.stats().phone_auth_failures;
+    for _ in 0..50 {
+        s.poke(&attacker, |p, now, out| p.register(now, out));
+        s.run_for(Duration::from_millis(100));
+    }
+    let checked = s.engine.stats().phone_auth_failures - before;
+    assert!(checked <= 5, "{checked} guesses checked in 5 s");
+}

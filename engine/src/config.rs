@@ -38,6 +38,8 @@ pub struct EngineConfig {
     /// Most client transactions in flight on this shard: past it REGISTERs
     /// wait in their queue.
     pub max_client_transactions: usize,
+    /// How password guessing is slowed.
+    pub guard: crate::guard::GuardConfig,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +57,7 @@ impl Default for EngineConfig {
             calls: CallConfig::default(),
             max_server_transactions: 50_000,
             max_client_transactions: 50_000,
+            guard: crate::guard::GuardConfig::default(),
         }
     }
 }

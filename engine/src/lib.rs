@@ -85,6 +85,7 @@ mod context;
 mod dialog;
 pub mod digest;
 mod error;
+mod guard;
 mod outcome;
 mod output;
 pub mod push;
@@ -101,6 +102,7 @@ pub use accounts::{aor_key, aor_key_of};
 pub use calls::CallLatency;
 pub use config::{CallConfig, EngineConfig};
 pub use error::SipError;
+pub use guard::GuardConfig;
 pub use outcome::{Outcome, BUSY_EVERYWHERE, COMPLETED_ELSEWHERE};
 pub use output::{Event, Flow, Stats, Transmit};
 pub use push::{Platform, Push, PushKind, PushOutcome, PushResult};
@@ -163,7 +165,8 @@ impl Engine {
             ctx,
             txs: Transactions::new(cfg.timers),
             accounts: accounts::Accounts::new(&cfg, now),
-            registrar: registrar::Registrar::new(cfg.calls.clone(), nonce_key, now),
+            registrar: registrar::Registrar::new(cfg.calls.clone(), nonce_key, now)
+                .with_guard(cfg.guard.clone()),
             calls: Calls::new(cfg.calls.clone(), hosts, cfg.timers),
             cfg,
         }

@@ -54,6 +54,17 @@ pub enum Event {
         prid: String,
         param: Option<String>,
     },
+    /// A source guessing passwords is refused for a while (logged once per
+    /// block, fail2ban-style, by the shell).
+    AuthBlocked {
+        source: std::net::IpAddr,
+        /// The AOR it was guessing (`user@host`), known to sipis or not.
+        aor: String,
+        failures: u32,
+        pause: std::time::Duration,
+        /// Refused for every AOR, not only this one.
+        whole_source: bool,
+    },
     /// A device is gone (explicit unregister, or its token is dead).
     DeviceRemoved { account: AccountId, device: String },
     /// A call's outcome is decided: one durable row per call.
@@ -88,6 +99,10 @@ pub struct Stats {
     pub stray_responses: u64,
     /// REGISTERs from phones (all, challenged ones included).
     pub phone_registers: u64,
+    /// Blocks of a password-guessing source, and REGISTERs refused while
+    /// their source was blocked.
+    pub auth_blocks: u64,
+    pub auth_blocked_refusals: u64,
     /// Phone REGISTERs refused with 403 (wrong credentials).
     pub phone_auth_failures: u64,
     /// INVITEs that started a call.

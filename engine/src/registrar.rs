@@ -14,11 +14,13 @@
 //! credentials (realm [`CallConfig::phone_realm`] for a password account,
 //! the AOR's host for an HA1 account): nobody may hijack someone's calls.
 
+use crate::accounts::aor_key;
 use crate::accounts::Accounts;
 use crate::config::CallConfig;
 use crate::context::Context;
 use crate::digest::{self, Algorithm, Credentials, Ha1, NonceVerifier, Reply, VerifierConfig};
 use crate::error::SipError;
+use crate::guard::{Guard, GuardConfig};
 use crate::output::{Event, Flow};
 use crate::push::Platform;
 use crate::registration::{AccountConfig, AccountId, AccountSecret};
@@ -192,6 +194,8 @@ pub(crate) struct Registrar {
     cfg: CallConfig,
     devices: HashMap<AccountId, Vec<Device>>,
     verifier: NonceVerifier,
+    /// Failed answers by source and AOR: guessing is slowed.
+    guard: Guard,
 }
 
 impl Registrar {
@@ -213,7 +217,14 @@ impl Registrar {
                     ..VerifierConfig::default()
                 },
             ),
+            guard: Guard::new(GuardConfig::default()),
         }
+    }
+
+    /// The same registrar with its own guard settings.
+    pub fn with_guard(mut self, cfg: GuardConfig) -> Registrar {
+        self.guard = Guard::new(cfg);
+        self
     }
 
     /// An account's devices (empty when it has none).
@@ -319,11 +330,42 @@ impl Registrar {
             .ok()
             .and_then(|t| accounts.by_aor(&t.uri))
             .and_then(|id| accounts.get(id).map(|a| (id, &a.cfg)));
+        // A source guessing passwords for this AOR is refused without a
+        // challenge until its pause is over.
+        let aor = msg
+            .to()
+            .ok()
+            .and_then(|t| aor_key(&t.uri))
+            .unwrap_or_default();
+        if let Some(until) = self.guard.blocked(now, from.ip(), &aor) {
+            ctx.stats.auth_blocked_refusals += 1;
+            let wait = until.saturating_duration_since(now).as_secs_f64().ceil() as u32;
+            txs.reply(ctx, now, slot, msg, 403, "Forbidden", |w| {
+                w.header_u32("Retry-After", wait.max(1));
+            });
+            return None;
+        }
         // Nothing tells a user that does not exist from one that does (a
         // 404 would hand an attacker the list of accounts): an unknown AOR
         // is challenged in the default realm like a password account, and
         // its answer refused with the same 403.
         let outcome = self.authenticate(ctx, account.map(|(_, cfg)| cfg), now, msg);
+        match &outcome {
+            Err(Answer::Error(SipError::Forbidden)) => {
+                if let Some(b) = self.guard.failure(now, from.ip(), &aor) {
+                    ctx.stats.auth_blocks += 1;
+                    ctx.events.push_back(Event::AuthBlocked {
+                        source: from.ip(),
+                        aor: String::from_utf8_lossy(aor.get(2..).unwrap_or_default()).into_owned(),
+                        failures: b.failures,
+                        pause: b.pause,
+                        whole_source: b.whole_source,
+                    });
+                }
+            }
+            Ok(()) if account.is_some() => self.guard.success(from.ip(), &aor),
+            _ => {}
+        }
         let Some((id, _)) = account.filter(|_| outcome.is_ok()) else {
             let answer = match outcome {
                 Err(a) => a,

@@ -627,6 +627,20 @@ impl AdminApi for Core {
         );
         counter(
             out,
+            "sipis_auth_blocks_total",
+            "Sources blocked for guessing phone passwords (each logged once).",
+            &[],
+            sum(&|s| s.stats.auth_blocks),
+        );
+        counter(
+            out,
+            "sipis_auth_blocked_refusals_total",
+            "Phone REGISTERs refused (403 + Retry-After) while their source was blocked.",
+            &[],
+            sum(&|s| s.stats.auth_blocked_refusals),
+        );
+        counter(
+            out,
             "sipis_keepalives_total",
             "CRLF keep-alives received over UDP.",
             &[],

@@ -322,6 +322,21 @@ async fn flush(engine: &RefCell<Engine>, sock: &Sockets, sink: &dyn EventSink) {
                     updated_unix: unix_at(Instant::now()),
                 }),
                 Event::DeviceRemoved { account, device } => sink.device_removed(account, &device),
+                Event::AuthBlocked {
+                    source,
+                    aor,
+                    failures,
+                    pause,
+                    whole_source,
+                } => {
+                    // One line per block, with the address first, for
+                    // fail2ban-style filters: `auth blocked: source=<ip>`.
+                    tracing::warn!(
+                        "auth blocked: source={source} aor={aor} failures={failures}                          refused_for={}s scope={}",
+                        pause.as_secs().max(1),
+                        if whole_source { "source" } else { "account" }
+                    )
+                }
                 Event::CallOutcome {
                     account,
                     call_id,
