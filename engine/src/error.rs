@@ -53,6 +53,11 @@ pub enum SipError {
     NotImplemented,
     /// sipis could not build its own answer.
     Internal,
+    /// A Request-URI scheme sipis does not serve (RFC 3261 §8.2.2.1).
+    UnsupportedUriScheme,
+    /// A `Require` option tag sipis does not support (RFC 3261 §8.2.2.3;
+    /// the response lists them in `Unsupported`).
+    BadExtension,
     /// A table of the shard is full (transactions, pending calls): try
     /// again later (RFC 3261 §21.5.4, with Retry-After).
     Overloaded,
@@ -72,6 +77,8 @@ impl SipError {
             SipError::NotFound => 404,
             SipError::RequestTimeout => 408,
             SipError::IntervalTooBrief(_) => 423,
+            SipError::UnsupportedUriScheme => 416,
+            SipError::BadExtension => 420,
             SipError::NoResponseFromDevice | SipError::DeviceNotReachable => 480,
             SipError::NoSuchCall => 481,
             SipError::LoopDetected => 482,
@@ -96,6 +103,8 @@ impl SipError {
             SipError::NotFound => "Not Found",
             SipError::RequestTimeout => "Request Timeout",
             SipError::IntervalTooBrief(_) => "Interval Too Brief",
+            SipError::UnsupportedUriScheme => "Unsupported URI Scheme",
+            SipError::BadExtension => "Bad Extension",
             SipError::NoResponseFromDevice | SipError::DeviceNotReachable => {
                 "Temporarily Unavailable"
             }

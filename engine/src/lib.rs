@@ -121,10 +121,10 @@ pub use wheel::{TimerHandle, TimerWheel};
 use calls::{Calls, Env, Hosts};
 use context::{Context, Timer};
 use hdrhistogram::Histogram;
-use sipis_parser::{parse, Message, Method, EMPTY_HEADER};
+use sipis_parser::{self as parser, parse, Message, Method, EMPTY_HEADER};
 use std::net::SocketAddr;
 use std::time::Instant;
-use transactions::{respond_stateless, Transactions, TxOwner};
+use transactions::{respond_salvaged, respond_stateless, Transactions, TxOwner};
 
 /// The methods sipis handles (`Allow`).
 const ALLOW: &[u8] = b"INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK, UPDATE, INFO, REGISTER";
@@ -318,6 +318,10 @@ impl Engine {
             Err(error) => {
                 self.ctx.stats.parse_errors += 1;
                 self.ctx.events.push_back(Event::ParseError { from, error });
+                // RFC 4475 §3.1.2: a 400 (505 for a version) wherever it
+                // can be routed.
+                let e = SipError::from(error);
+                respond_salvaged(&mut self.ctx, data, from, flow, e.status(), e.reason());
                 return;
             }
         };
@@ -435,6 +439,24 @@ impl Engine {
                 );
             }
             return;
+        }
+        if method != Method::Ack {
+            if let Some(e) = core_check(msg) {
+                let unsupported = unsupported_options(msg);
+                return respond_stateless(
+                    &mut self.ctx,
+                    msg,
+                    from,
+                    flow,
+                    e.status(),
+                    e.reason(),
+                    |w| {
+                        if !unsupported.is_empty() {
+                            w.header("Unsupported", unsupported.as_bytes());
+                        }
+                    },
+                );
+            }
         }
         let Ok(key) = TxKey::server(msg) else {
             return;
@@ -585,4 +607,44 @@ impl Engine {
             _ => {}
         }
     }
+}
+
+/// Option tags sipis can honour in a `Require` (RFC 3261 §8.2.2.3): it
+/// relays reliable provisionals, session timers, Replaces and
+/// preconditions end to end, and takes outbound/path/gruu registrations.
+const SUPPORTED: [&str; 7] = [
+    "100rel",
+    "timer",
+    "replaces",
+    "precondition",
+    "outbound",
+    "path",
+    "gruu",
+];
+
+/// The UAS core's checks before a request reaches a transaction user
+/// (RFC 3261 §8.2.2): a Request-URI scheme sipis does not serve gets 416,
+/// a `Require` it cannot honour 420 (never for CANCEL or ACK).
+fn core_check(msg: &Message<'_, '_>) -> Option<SipError> {
+    let uri = msg.uri().ok()?;
+    if matches!(uri.scheme, parser::Scheme::Other(_)) {
+        return Some(SipError::UnsupportedUriScheme);
+    }
+    if !unsupported_options(msg).is_empty() {
+        return Some(SipError::BadExtension);
+    }
+    None
+}
+
+/// The `Require` option tags sipis does not support, comma-separated
+/// (none for a CANCEL, whose Require is ignored).
+fn unsupported_options(msg: &Message<'_, '_>) -> String {
+    if msg.method() == Some(Method::Cancel) {
+        return String::new();
+    }
+    msg.require()
+        .filter_map(Result::ok)
+        .filter(|t| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(t)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -346,9 +346,34 @@ impl TxKey {
 
     fn server_with(req: &Message<'_, '_>, method: Method<'_>) -> Result<TxKey, Error> {
         let via = req.top_via()?;
-        let branch = nonempty_branch(&via)?;
         let sent_by = SentBy::Parsed(via.host, via.host_raw, via.port);
-        Ok(Self::build(branch, sent_by, method.as_str(), Side::Server))
+        match via.branch() {
+            Some(b)
+                if b.get(..sipis_parser::BRANCH_MAGIC.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(sipis_parser::BRANCH_MAGIC)) =>
+            {
+                Ok(Self::build(b, sent_by, method.as_str(), Side::Server))
+            }
+            // RFC 3261 §17.2.3: a request from an RFC 2543 element (no
+            // branch, or one without the magic cookie) matches by its
+            // Request-URI, From tag, Call-ID, CSeq number and top Via; the
+            // To tag is left out so that the ACK of a non-2xx and a CANCEL
+            // find their INVITE.
+            _ => {
+                let mut k = Vec::with_capacity(128);
+                k.extend_from_slice(b"2543|");
+                k.extend_from_slice(req.uri()?.raw);
+                k.push(b'|');
+                k.extend_from_slice(req.from()?.tag().unwrap_or_default());
+                k.push(b'|');
+                k.extend_from_slice(req.call_id()?);
+                k.push(b'|');
+                k.extend_from_slice(req.cseq()?.seq.to_string().as_bytes());
+                k.push(b'|');
+                k.extend_from_slice(req.header(HeaderName::Via).unwrap_or_default());
+                Ok(Self::build(&k, sent_by, method.as_str(), Side::Server))
+            }
+        }
     }
 
     /// The key of the client transaction a received response belongs to:
@@ -1960,7 +1985,9 @@ mod tests {
     }
 
     #[test]
-    fn branch_without_magic_cookie_is_an_opaque_key_and_missing_branch_is_an_error() {
+    fn requests_without_a_3261_branch_match_rfc_2543_style() {
+        // RFC 3261 §17.2.3: no magic cookie (or no branch at all): the
+        // Request-URI, From tag, Call-ID, CSeq number and top Via decide.
         let old = server_key(&request(
             "INVITE",
             "SIP/2.0/UDP old.example.com;branch=1234",
@@ -1968,8 +1995,9 @@ mod tests {
         ))
         .unwrap();
         assert!(!old.has_magic_cookie());
-        assert_eq!(old.branch(), b"1234");
+        assert!(old.branch().starts_with(b"2543|"));
         assert_eq!(old.sent_by(), b"old.example.com");
+        // Its ACK finds it.
         assert_eq!(
             old,
             server_key(&request(
@@ -1979,6 +2007,7 @@ mod tests {
             ))
             .unwrap()
         );
+        // Another top Via is another transaction.
         assert_ne!(
             old,
             server_key(&request(
@@ -1988,17 +2017,13 @@ mod tests {
             ))
             .unwrap()
         );
-        for via in [
-            "SIP/2.0/UDP old.example.com",
-            "SIP/2.0/UDP old.example.com;branch",
-            "SIP/2.0/UDP old.example.com;branch=",
-        ] {
-            assert_eq!(
-                server_key(&request("INVITE", via, "INVITE")),
-                Err(Error::HeaderValue),
-                "{via}"
-            );
-        }
+        // No branch at all (inv2543): a key all the same, one per Via.
+        let bare: Vec<TxKey> = ["SIP/2.0/UDP old.example.com", "SIP/2.0/UDP new.example.com"]
+            .iter()
+            .map(|via| server_key(&request("INVITE", via, "INVITE")).unwrap())
+            .collect();
+        assert!(bare.iter().all(|k| k.branch().starts_with(b"2543|")));
+        assert_ne!(bare[0], bare[1]);
     }
 
     #[test]

@@ -446,8 +446,107 @@ pub(crate) fn respond_stateless(
             payload,
         });
     } else {
+        // A header a response must copy does not parse (an unbalanced
+        // quote in To, a bad URI): answer from the raw lines.
         ctx.buf.clear();
+        respond_salvaged(ctx, msg.raw, from, flow, code, reason);
     }
+}
+
+/// Answers a request that could not be parsed, or whose headers a
+/// response copies do not parse, from its raw header lines (RFC 4475
+/// §3.1.2: a 400 or 505 "wherever a response can be routed"): the Via
+/// lines, From, To (tagged), Call-ID and CSeq as they came. Nothing is
+/// sent for a response, an ACK, or a request without a Via to route by.
+pub(crate) fn respond_salvaged(
+    ctx: &mut Context,
+    data: &[u8],
+    from: SocketAddr,
+    flow: Flow,
+    code: u16,
+    reason: &str,
+) {
+    let data = data.strip_prefix(b"\r\n").unwrap_or(data);
+    if data.starts_with(b"SIP/") || data.starts_with(b"ACK ") {
+        return;
+    }
+    let head_end = blank_line(data).unwrap_or(data.len());
+    let mut lines = data[..head_end]
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    lines.next(); // the request line
+    let mut vias = Vec::new();
+    let mut parties: [Option<&[u8]>; 4] = [None; 4];
+    for line in lines {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = std::str::from_utf8(&line[..colon]).unwrap_or("").trim();
+        let value = trim(&line[colon + 1..]);
+        let slot = match name.to_ascii_lowercase().as_str() {
+            "via" | "v" => {
+                vias.push(value);
+                continue;
+            }
+            "from" | "f" => 0,
+            "to" | "t" => 1,
+            "call-id" | "i" => 2,
+            "cseq" => 3,
+            _ => continue,
+        };
+        parties[slot].get_or_insert(value);
+    }
+    if vias.is_empty() {
+        return;
+    }
+    let tag = ctx.new_tag();
+    ctx.buf.clear();
+    let mut w = Writer::response(&mut ctx.buf, code, reason);
+    for v in vias {
+        w.header("Via", v);
+    }
+    for (name, v) in ["From", "To", "Call-ID", "CSeq"].into_iter().zip(parties) {
+        let Some(v) = v else { continue };
+        if name == "To" && !contains(v, b";tag=") {
+            w.header_with("To", |o| {
+                o.extend_from_slice(v);
+                o.extend_from_slice(b";tag=");
+                o.extend_from_slice(tag.as_bytes());
+            });
+        } else {
+            w.header(name, v);
+        }
+    }
+    w.finish(b"");
+    let payload = ctx.buf.split().freeze();
+    ctx.transmits.push_back(Transmit {
+        dest: from,
+        flow,
+        payload,
+    });
+}
+
+fn blank_line(data: &[u8]) -> Option<usize> {
+    data.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .or_else(|| data.windows(2).position(|w| w == b"\n\n"))
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &v[start..end.max(start)]
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 #[cfg(test)]
