@@ -11,8 +11,12 @@ mod h2stub;
 #[path = "support/http1.rs"]
 mod http1;
 
+#[path = "support/ports.rs"]
+mod ports;
+
 use h2stub::{Answer, Stub, TestTls};
 use http1::Http1;
+use ports::free_udp_port_run;
 use serde_json::{json, Value};
 use sipis::config::Config;
 use sipis::runtime::Server;
@@ -23,24 +27,6 @@ const ADMIN_TOKEN: &str = "push-bp-admin-token-0123456789abcdef";
 const PUSH_TOKEN: &str = "push-bp-mediator-token-0123456789";
 /// How long APNs takes to accept each push here.
 const APNS_TAKES: Duration = Duration::from_millis(800);
-
-fn free_udp_port_run(n: u16) -> u16 {
-    'outer: for _ in 0..50 {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let base = s.local_addr().unwrap().port();
-        drop(s);
-        if base > 65_000 {
-            continue;
-        }
-        for p in base..base + n {
-            if UdpSocket::bind(("127.0.0.1", p)).is_err() {
-                continue 'outer;
-            }
-        }
-        return base;
-    }
-    panic!("no run of {n} free UDP ports");
-}
 
 fn admin(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let mut c = Http1::connect(addr);

@@ -10,8 +10,12 @@ mod h2stub;
 #[path = "support/http1.rs"]
 mod http1;
 
+#[path = "support/ports.rs"]
+mod ports;
+
 use h2stub::{Answer, Stub, TestTls};
 use http1::Http1;
+use ports::free_udp_port_run;
 use serde_json::{json, Value};
 use sipis::config::Config;
 use sipis::push::mediator::{start, ApnsConfig, MediatorConfig};
@@ -22,25 +26,6 @@ use std::time::{Duration, Instant};
 const ADMIN_TOKEN: &str = "push-e2e-admin-token-0123456789abcdef";
 const PUSH_TOKEN: &str = "push-e2e-mediator-token-0123456789";
 const PRID: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
-
-fn free_udp_port_run(n: u16) -> u16 {
-    // n consecutive free UDP ports (phones' port + one per shard).
-    'outer: for _ in 0..50 {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let base = s.local_addr().unwrap().port();
-        drop(s);
-        if base > 65_000 {
-            continue;
-        }
-        for p in base..base + n {
-            if UdpSocket::bind(("127.0.0.1", p)).is_err() {
-                continue 'outer;
-            }
-        }
-        return base;
-    }
-    panic!("no run of {n} free UDP ports");
-}
 
 fn admin(
     addr: std::net::SocketAddr,

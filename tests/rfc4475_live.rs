@@ -4,28 +4,14 @@
 //! last one. The same table as the engine's (`engine/tests/rfc4475.rs`),
 //! here through the runtime: sockets, the shared-port router, the shards.
 
+#[path = "support/ports.rs"]
+mod ports;
+
+use ports::free_udp_port_run;
 use sipis::config::Config;
 use sipis::runtime::Server;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
-
-fn free_udp_port_run(n: u16) -> u16 {
-    'outer: for _ in 0..50 {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let base = s.local_addr().unwrap().port();
-        drop(s);
-        if base > 65_000 {
-            continue;
-        }
-        for p in base..base + n {
-            if UdpSocket::bind(("127.0.0.1", p)).is_err() {
-                continue 'outer;
-            }
-        }
-        return base;
-    }
-    panic!("no run of {n} free UDP ports");
-}
 
 fn dat(name: &str) -> Vec<u8> {
     let path = format!(
@@ -123,7 +109,8 @@ token = "rfc4475-live-admin-token-0123456789"
         // A socket of its own per message: an unACKed 480 retransmitted
         // for the previous INVITE must not count as this one's answer.
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
         let got = exchange(&sock, to, &dat(name), want.len());
         if got != *want {
             wrong.push(format!("{name}: got {got:?}, want {want:?}"));

@@ -1231,38 +1231,19 @@ impl Calls {
         reason: &str,
         extra: impl FnOnce(&mut Writer<'_>),
     ) {
-        let call = &self.calls[c];
-        let mut h = [EMPTY_HEADER; 64];
-        let Ok(inv) = parse(&call.invite, &mut h) else {
+        let Some(bytes) = self.upstream_response(env.ctx, c, code, reason, |mut w| {
+            extra(&mut w);
+            w.finish(b"");
+        }) else {
             return;
         };
-        let ctx = &mut *env.ctx;
-        ctx.buf.clear();
-        let Ok(mut w) = parser::response_to(
-            &mut ctx.buf,
-            &inv,
-            code,
-            reason,
-            &call.up.local_tag,
-            call.up_src,
-        ) else {
-            return;
-        };
-        if (101..300).contains(&code) {
-            // A provisional or 2xx of sipis's own makes an (early) dialog
-            // with the caller: Record-Route and a Contact (RFC 3261 §12.1.1).
-            w.copy_named(&inv, HeaderName::RecordRoute);
-            let (token, host) = (&call.token, &self.hosts.contact);
-            w.header_with("Contact", |o| put_contact(o, token, host));
-        }
-        extra(&mut w);
-        w.finish(b"");
-        let bytes = ctx.buf.split().freeze();
-        env.txs.respond(env.ctx, now, call.server, code, bytes);
+        env.txs
+            .respond(env.ctx, now, self.calls[c].server, code, bytes);
     }
 
-    /// Relays a leg's 18x/2xx/final to the caller on its INVITE transaction,
-    /// with our To-tag, our Contact and the INVITE's Record-Route.
+    /// Relays a leg's 18x/2xx/final to the caller on its INVITE
+    /// transaction: its end-to-end headers and body under our dialog's
+    /// headers.
     #[allow(clippy::too_many_arguments)]
     fn relay_upstream_response(
         &mut self,
@@ -1274,36 +1255,52 @@ impl Calls {
         resp: &Message<'_, '_>,
         data: &[u8],
     ) {
-        let call = &self.calls[c];
-        let mut h = [EMPTY_HEADER; 64];
-        let Ok(inv) = parse(&call.invite, &mut h) else {
+        let Some(bytes) = self.upstream_response(env.ctx, c, code, reason, |mut w| {
+            w.copy_headers(resp, end_to_end);
+            w.finish(body(data, resp));
+        }) else {
             return;
         };
-        let ctx = &mut *env.ctx;
+        if (200..300).contains(&code) {
+            self.calls[c].up_2xx = Some(bytes.clone());
+        }
+        env.txs
+            .respond(env.ctx, now, self.calls[c].server, code, bytes);
+    }
+
+    /// A response to the caller's INVITE (RFC 3261 §8.2.6): its Vias,
+    /// From, To with our tag, Call-ID and CSeq copied from the INVITE; for
+    /// a provisional or 2xx, which makes an (early) dialog, the
+    /// Record-Route and our Contact (§12.1.1). `rest` adds the remaining
+    /// headers and the body.
+    fn upstream_response(
+        &self,
+        ctx: &mut Context,
+        c: usize,
+        code: u16,
+        reason: &str,
+        rest: impl FnOnce(Writer<'_>),
+    ) -> Option<Bytes> {
+        let call = &self.calls[c];
+        let mut h = [EMPTY_HEADER; 64];
+        let inv = parse(&call.invite, &mut h).ok()?;
         ctx.buf.clear();
-        let Ok(mut w) = parser::response_to(
+        let mut w = parser::response_to(
             &mut ctx.buf,
             &inv,
             code,
             reason,
             &call.up.local_tag,
             call.up_src,
-        ) else {
-            return;
-        };
-        if code < 300 {
+        )
+        .ok()?;
+        if (101..300).contains(&code) {
             w.copy_named(&inv, HeaderName::RecordRoute);
             let (token, host) = (&call.token, &self.hosts.contact);
             w.header_with("Contact", |o| put_contact(o, token, host));
         }
-        w.copy_headers(resp, end_to_end);
-        w.finish(body(data, resp));
-        let bytes = ctx.buf.split().freeze();
-        let server = call.server;
-        if (200..300).contains(&code) {
-            self.calls[c].up_2xx = Some(bytes.clone());
-        }
-        env.txs.respond(env.ctx, now, server, code, bytes);
+        rest(w);
+        Some(ctx.buf.split().freeze())
     }
 
     /// Retransmits a 2xx sent to the caller until its ACK (RFC 3261

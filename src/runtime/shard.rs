@@ -332,7 +332,7 @@ async fn flush(engine: &RefCell<Engine>, sock: &Sockets, sink: &dyn EventSink) {
                     // One line per block, with the address first, for
                     // fail2ban-style filters: `auth blocked: source=<ip>`.
                     tracing::warn!(
-                        "auth blocked: source={source} aor={aor} failures={failures}                          refused_for={}s scope={}",
+                        "auth blocked: source={source} aor={aor} failures={failures} refused_for={}s scope={}",
                         pause.as_secs().max(1),
                         if whole_source { "source" } else { "account" }
                     )
