@@ -2876,3 +2876,36 @@ fn guessing_is_slowed_for_that_source_while_the_owners_phone_registers() {
     let checked = s.engine.stats().phone_auth_failures - before;
     assert!(checked <= 5, "{checked} guesses checked in 5 s");
 }
+
+#[test]
+fn requests_to_phones_name_the_shared_port_they_leave_from_in_their_via() {
+    let mut s = sim();
+    provision(&mut s, "iphone", IPHONE);
+    let p = phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    p.borrow_mut().script.bye_after_answer = Some(Duration::from_secs(2));
+    let c = caller(&mut s);
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(10));
+    let pb = p.borrow();
+    let invite = &pb.invites()[0];
+    // RFC 3261 §18.1.1: the sent-by is where the request leaves from (the
+    // shared phone port), so a phone ignoring rport answers through its NAT.
+    let via = header(invite, "Via").unwrap();
+    assert!(
+        via.starts_with(&format!("SIP/2.0/UDP {PHONE_PORT};branch=z9hG4bK")),
+        "{via}"
+    );
+    assert!(via.contains("-s0;"), "{via}");
+    // Towards the provider the shard's own socket is named.
+    let up = s
+        .sent
+        .iter()
+        .find(|(_, to, d)| *to == addr(CALLER) && method(d).is_some())
+        .map(|(_, _, d)| header(d, "Via").unwrap());
+    if let Some(up) = up {
+        assert!(up.contains(ENGINE), "{up}");
+    }
+    assert_eq!(c.borrow().final_code, Some(200));
+    drop(pb);
+    settle(&mut s);
+}

@@ -241,12 +241,19 @@ fn junk_truncated_and_64k_datagrams_leave_every_shard_running_and_are_counted() 
         client
             .send_to(msg.as_bytes(), ("127.0.0.1", base + i))
             .unwrap();
-        let (n, _) = client.recv_from(&mut buf).expect("200 to OPTIONS");
-        assert!(
-            buf[..n].starts_with(b"SIP/2.0 200 OK\r\n"),
-            "{}",
-            String::from_utf8_lossy(&buf[..n])
-        );
+        // The truncated INVITE, whose Via survived, may have been answered
+        // 400 first (RFC 4475 §3.1.2); the OPTIONS gets its 200.
+        let mut answers = Vec::new();
+        loop {
+            let (n, _) = client.recv_from(&mut buf).expect("200 to OPTIONS");
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if text.starts_with("SIP/2.0 200 OK\r\n") {
+                break;
+            }
+            assert!(text.starts_with("SIP/2.0 400 "), "{text}");
+            answers.push(text);
+            assert!(answers.len() <= 4, "{answers:?}");
+        }
     }
     std::thread::sleep(Duration::from_millis(1100));
     for (alive, s) in shards.snapshots() {
@@ -294,8 +301,9 @@ fn shared_phone_port_forwards_each_request_to_the_shard_that_owns_its_account() 
     std::thread::sleep(Duration::from_millis(1100));
     let snaps = shards.snapshots();
     for (i, (_, s)) in snaps.iter().enumerate() {
+        // OPTIONS are answered without a transaction: counted apart.
         assert_eq!(
-            s.stats.server_tx, expected[i],
+            s.stats.options, expected[i],
             "shard {i} handled requests it does not own"
         );
     }

@@ -319,6 +319,18 @@ pub(crate) struct Hosts {
     pub phone_contact: String,
 }
 
+impl Hosts {
+    /// The Via sent-by of a request leaving over `flow`: the socket it
+    /// leaves from (RFC 3261 §18.1.1), so a phone that ignores `rport`
+    /// still answers where its NAT binding points — the shared port.
+    pub fn via_for(&self, flow: Flow) -> &str {
+        match flow {
+            Flow::SharedUdp => &self.phone_contact,
+            Flow::Udp | Flow::Stream(_) => &self.via,
+        }
+    }
+}
+
 /// The pending-call map of one shard and everything hanging off it.
 pub(crate) struct Calls {
     pub cfg: CallConfig,
@@ -713,7 +725,7 @@ impl Calls {
             Method::Invite,
             &target,
             flow,
-            &self.hosts.via,
+            self.hosts.via_for(flow),
             &branch,
             &[],
         );
@@ -723,7 +735,11 @@ impl Calls {
         w.copy_headers(&inv, end_to_end);
         w.finish(body(&invite, &inv));
         let bytes = ctx.buf.split().freeze();
-        let key = TxKey::for_request(branch.as_bytes(), self.hosts.via.as_bytes(), Method::Invite);
+        let key = TxKey::for_request(
+            branch.as_bytes(),
+            self.hosts.via_for(flow).as_bytes(),
+            Method::Invite,
+        );
         let call = &mut self.calls[c];
         let leg = call.legs.len();
         call.legs.push(Leg {
@@ -835,7 +851,7 @@ impl Calls {
             Method::Cancel,
             &l.request_uri,
             flow,
-            &self.hosts.via,
+            self.hosts.via_for(flow),
             &l.branch,
             &[],
         );
@@ -850,7 +866,7 @@ impl Calls {
         let bytes = ctx.buf.split().freeze();
         let key = TxKey::for_request(
             l.branch.as_bytes(),
-            self.hosts.via.as_bytes(),
+            self.hosts.via_for(flow).as_bytes(),
             Method::Cancel,
         );
         env.txs.start_client(
@@ -1099,7 +1115,7 @@ impl Calls {
             Method::Ack,
             &d.remote_target,
             l.flow,
-            &self.hosts.via,
+            self.hosts.via_for(l.flow),
             &branch,
             &d.route_set,
         );
@@ -1173,7 +1189,7 @@ impl Calls {
             method,
             &d.remote_target,
             flow,
-            &self.hosts.via,
+            self.hosts.via_for(flow),
             &branch,
             &d.route_set,
         );
@@ -1181,7 +1197,11 @@ impl Calls {
         extra(&mut w);
         w.finish(b"");
         let bytes = ctx.buf.split().freeze();
-        let key = TxKey::for_request(branch.as_bytes(), self.hosts.via.as_bytes(), method);
+        let key = TxKey::for_request(
+            branch.as_bytes(),
+            self.hosts.via_for(flow).as_bytes(),
+            method,
+        );
         env.txs.start_client(
             env.ctx,
             now,

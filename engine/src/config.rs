@@ -40,6 +40,9 @@ pub struct EngineConfig {
     pub max_client_transactions: usize,
     /// How password guessing is slowed.
     pub guard: crate::guard::GuardConfig,
+    /// This shard's index: every branch it writes ends in `-s<shard>`, so
+    /// a response that reaches the shared phone port finds its shard.
+    pub shard: u16,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +61,7 @@ impl Default for EngineConfig {
             max_server_transactions: 50_000,
             max_client_transactions: 50_000,
             guard: crate::guard::GuardConfig::default(),
+            shard: 0,
         }
     }
 }

@@ -42,6 +42,8 @@ pub(crate) struct Context {
     pub events: VecDeque<Event>,
     pub stats: Stats,
     generation: u64,
+    /// `-s<shard>`, the end of every branch this shard writes.
+    branch_mark: String,
 }
 
 impl Context {
@@ -62,6 +64,7 @@ impl Context {
             events: VecDeque::new(),
             stats: Stats::default(),
             generation: 0,
+            branch_mark: "-s0".into(),
         }
     }
 
@@ -72,11 +75,18 @@ impl Context {
         self.generation
     }
 
-    /// A fresh RFC 3261 branch (`z9hG4bK` + 16 hex digits, §8.1.1.7).
+    /// Marks this shard's branches with its index (see [`shard_of_branch`]).
+    pub fn set_shard(&mut self, shard: u16) {
+        self.branch_mark = format!("-s{shard}");
+    }
+
+    /// A fresh RFC 3261 branch (`z9hG4bK` + 16 hex digits, §8.1.1.7) with
+    /// the shard's mark.
     pub fn new_branch(&mut self) -> String {
-        let mut branch = String::with_capacity(24);
+        let mut branch = String::with_capacity(28);
         branch.push_str("z9hG4bK");
         self.rng.hex_into(&mut branch, 16);
+        branch.push_str(&self.branch_mark);
         branch
     }
 
@@ -124,4 +134,33 @@ pub(crate) enum CallTimer {
     Guard(u16),
     /// The caller's leg's 2xx goes again (RFC 3261 §13.3.1.4).
     Retransmit2xx,
+}
+
+/// The shard that wrote `branch` (its `-s<shard>` end), if it is one of
+/// sipis's: how the shared phone port routes a phone's response.
+pub fn shard_of_branch(branch: &[u8]) -> Option<usize> {
+    let at = branch.iter().rposition(|&b| b == b'-')?;
+    let digits = branch[at + 1..].strip_prefix(b"s")?;
+    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests anchor a simulated clock
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branches_carry_their_shard() {
+        let mut ctx = Context::new(1, Instant::now());
+        ctx.set_shard(12);
+        let b = ctx.new_branch();
+        assert!(b.starts_with("z9hG4bK") && b.ends_with("-s12"), "{b}");
+        assert_eq!(shard_of_branch(b.as_bytes()), Some(12));
+        assert_eq!(shard_of_branch(b"z9hG4bKabc"), None);
+        assert_eq!(shard_of_branch(b"z9hG4bK-abc-s"), None);
+        assert_eq!(shard_of_branch(b"z9hG4bK-abc-sx1"), None);
+    }
 }

@@ -101,6 +101,7 @@ pub mod wheel;
 pub use accounts::{aor_key, aor_key_of};
 pub use calls::CallLatency;
 pub use config::{CallConfig, EngineConfig};
+pub use context::shard_of_branch;
 pub use error::SipError;
 pub use guard::GuardConfig;
 pub use outcome::{Outcome, BUSY_EVERYWHERE, COMPLETED_ELSEWHERE};
@@ -160,6 +161,7 @@ impl Engine {
             phone_contact: cfg.phone_contact_host.clone(),
         };
         let mut ctx = Context::keyed(cfg.seed, cfg.key, now);
+        ctx.set_shard(cfg.shard);
         let nonce_key = ctx.rng.seed32();
         Engine {
             ctx,

@@ -228,7 +228,7 @@ impl Calls {
             method,
             &d.remote_target,
             flow,
-            &self.hosts.via,
+            self.hosts.via_for(flow),
             &branch,
             &d.route_set,
         );
@@ -237,7 +237,11 @@ impl Calls {
             return;
         }
         let bytes = ctx.buf.split().freeze();
-        let key = TxKey::for_request(branch.as_bytes(), self.hosts.via.as_bytes(), method);
+        let key = TxKey::for_request(
+            branch.as_bytes(),
+            self.hosts.via_for(flow).as_bytes(),
+            method,
+        );
         env.txs
             .start_client(env.ctx, now, bytes, key, dest, flow, kind_of(method), owner);
     }
@@ -285,7 +289,7 @@ impl Calls {
             method,
             &d.remote_target,
             flow,
-            &self.hosts.via,
+            self.hosts.via_for(flow),
             &branch,
             &d.route_set,
         );
@@ -301,7 +305,11 @@ impl Calls {
                 payload: bytes,
             }),
             Some(owner) => {
-                let key = TxKey::for_request(branch.as_bytes(), self.hosts.via.as_bytes(), method);
+                let key = TxKey::for_request(
+                    branch.as_bytes(),
+                    self.hosts.via_for(flow).as_bytes(),
+                    method,
+                );
                 env.txs
                     .start_client(env.ctx, now, bytes, key, dest, flow, kind_of(method), owner);
             }

@@ -217,7 +217,10 @@ impl Shards {
             .then(|| glommio::channels::channel_mesh::MeshBuilder::full(settings.count, 4096));
         let mut shared_addr = None;
         let mut shards = Vec::with_capacity(settings.count);
-        for (i, engine) in settings.engines.into_iter().enumerate() {
+        for (i, mut engine) in settings.engines.into_iter().enumerate() {
+            // Its branches carry its index: the shared port routes a phone's
+            // response (whose Via names the shared port) back by it.
+            engine.shard = i as u16;
             let port = settings.base_port.checked_add(i as u16).ok_or_else(|| {
                 RuntimeError::Config(format!(
                     "shard {i}: port {} + {i} exceeds 65535",

@@ -94,8 +94,14 @@ impl Router {
                 .account_of_msg(&msg)
                 .map(|id| shard_of(id, self.shards));
         }
-        let port = msg.top_via().ok()?.port?;
-        let i = port.checked_sub(self.base_port)? as usize;
+        // A response to a request a shard sent from the shared port: its
+        // branch names the shard. Else (a shard's own socket in the Via)
+        // the Via port does.
+        let via = msg.top_via().ok()?;
+        if let Some(i) = via.branch().and_then(sipis_engine::shard_of_branch) {
+            return (i < self.shards).then_some(i);
+        }
+        let i = via.port?.checked_sub(self.base_port)? as usize;
         (i < self.shards).then_some(i)
     }
 }
@@ -144,5 +150,16 @@ mod tests {
         r.remove(3);
         assert_eq!(r.account_of(register), None);
         assert_eq!(r.owner(b"garbage"), None);
+    }
+
+    #[test]
+    fn a_phones_response_via_the_shared_port_finds_its_shard_by_branch() {
+        let r = Router::new(4, 5061);
+        // The INVITE left from the shared port 5060 and said so in its Via.
+        let resp = b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK0123456789abcdef-s3\r\n\r\n";
+        assert_eq!(r.owner(resp), Some(3));
+        // A mark past the shard count is nobody's.
+        let resp = b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK0123456789abcdef-s9\r\n\r\n";
+        assert_eq!(r.owner(resp), None);
     }
 }
