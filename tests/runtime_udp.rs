@@ -241,8 +241,9 @@ fn junk_truncated_and_64k_datagrams_leave_every_shard_running_and_are_counted() 
         client
             .send_to(msg.as_bytes(), ("127.0.0.1", base + i))
             .unwrap();
-        // The truncated INVITE, whose Via survived, may have been answered
-        // 400 first (RFC 4475 §3.1.2); the OPTIONS gets its 200.
+        // The junk whose Via survived (truncated, Content-Length beyond
+        // the body, no To) is answered 400 first (RFC 4475 §3.1.2), by
+        // either shard; the OPTIONS gets its 200.
         let mut answers = Vec::new();
         loop {
             let (n, _) = client.recv_from(&mut buf).expect("200 to OPTIONS");
@@ -252,7 +253,7 @@ fn junk_truncated_and_64k_datagrams_leave_every_shard_running_and_are_counted() 
             }
             assert!(text.starts_with("SIP/2.0 400 "), "{text}");
             answers.push(text);
-            assert!(answers.len() <= 4, "{answers:?}");
+            assert!(answers.len() <= 6, "{answers:?}");
         }
     }
     std::thread::sleep(Duration::from_millis(1100));
