@@ -1039,6 +1039,9 @@ struct RawCalls {
     pnsreg: V,
     phone_digest_algorithms: V,
     max_calls: V,
+    auth_failures_per_account: V,
+    auth_failures_per_source: V,
+    auth_block_max: V,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -1921,6 +1924,32 @@ fn convert(raw: RawFile, r: &mut Reader) -> Config {
         max_calls: r
             .int("calls.max_calls", s.max_calls, "a count", 10..=10_000_000)
             .map_or(d.calls.max_calls, |n| n as usize),
+        guard: sipis_engine::GuardConfig {
+            failures_per_account: r
+                .int(
+                    "calls.auth_failures_per_account",
+                    s.auth_failures_per_account,
+                    "a count",
+                    1..=1_000,
+                )
+                .map_or(d.calls.guard.failures_per_account, |n| n as u32),
+            failures_per_source: r
+                .int(
+                    "calls.auth_failures_per_source",
+                    s.auth_failures_per_source,
+                    "a count",
+                    1..=100_000,
+                )
+                .map_or(d.calls.guard.failures_per_source, |n| n as u32),
+            max_block: r
+                .duration(
+                    "calls.auth_block_max",
+                    s.auth_block_max,
+                    secs(1)..=secs(86_400),
+                )
+                .unwrap_or(d.calls.guard.max_block),
+            ..d.calls.guard.clone()
+        },
     };
 
     let s = raw.push.unwrap_or_default();

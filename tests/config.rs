@@ -102,7 +102,7 @@ fn defaults_are_the_documented_ones() {
 #[test]
 fn example_file_documents_every_key() {
     let keys = Config::known_keys();
-    assert_eq!(keys.len(), 65, "{keys:?}");
+    assert_eq!(keys.len(), 68, "{keys:?}");
     // Subsections contribute their keys, not themselves.
     assert!(keys.contains(&"mediator.apns.key_id".to_owned()));
     assert!(keys.contains(&"mediator.fcm.send_url".to_owned()));
@@ -778,7 +778,8 @@ fn calls_section_takes_every_key() {
         "[calls]\ndevice_wait = \"2m\"\nlate_wake_window = \"20s\"\nlate_wake_guard = 750\n\
          push_status_header = false\nphone_realm = \"phones.example.net\"\n\
          phone_min_expires = 30\nphone_max_expires = 7200\npnsreg = 300\n\
-         phone_digest_algorithms = [\"SHA-256\", \"MD5\"]\nmax_calls = 500\n",
+         phone_digest_algorithms = [\"SHA-256\", \"MD5\"]\nmax_calls = 500\n\
+         auth_failures_per_account = 3\nauth_failures_per_source = 10\nauth_block_max = \"1m\"\n",
     ))
     .unwrap();
     assert_eq!(
@@ -797,6 +798,12 @@ fn calls_section_takes_every_key() {
                 sipis::digest::Algorithm::Md5
             ],
             max_calls: 500,
+            guard: sipis::engine::GuardConfig {
+                failures_per_account: 3,
+                failures_per_source: 10,
+                max_block: Duration::from_secs(60),
+                ..sipis::engine::GuardConfig::default()
+            },
         }
     );
 }
@@ -826,6 +833,10 @@ fn calls_bad_values_name_their_keys() {
             "calls.push_status_header: expected true or false, got 1",
         ),
         ("phone_realm = \"\"", "calls.phone_realm: must not be empty"),
+        (
+            "auth_failures_per_account = 0",
+            "calls.auth_failures_per_account: expected a count 1..=1000, got 0",
+        ),
         (
             "phone_digest_algorithms = []",
             "calls.phone_digest_algorithms: expected at least one algorithm",

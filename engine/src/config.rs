@@ -38,8 +38,6 @@ pub struct EngineConfig {
     /// Most client transactions in flight on this shard: past it REGISTERs
     /// wait in their queue.
     pub max_client_transactions: usize,
-    /// How password guessing is slowed.
-    pub guard: crate::guard::GuardConfig,
     /// This shard's index: every branch it writes ends in `-s<shard>`, so
     /// a response that reaches the shared phone port finds its shard.
     pub shard: u16,
@@ -60,7 +58,6 @@ impl Default for EngineConfig {
             calls: CallConfig::default(),
             max_server_transactions: 50_000,
             max_client_transactions: 50_000,
-            guard: crate::guard::GuardConfig::default(),
             shard: 0,
         }
     }
@@ -98,6 +95,8 @@ pub struct CallConfig {
     /// Most calls in the pending-call map of a shard (waiting, up, or kept
     /// for the late wake): past it a new INVITE gets `503` + `Retry-After`.
     pub max_calls: usize,
+    /// How password guessing by phones is slowed.
+    pub guard: crate::guard::GuardConfig,
 }
 
 impl Default for CallConfig {
@@ -113,6 +112,7 @@ impl Default for CallConfig {
             pnsreg: 121,
             phone_digest_algorithms: vec![crate::digest::Algorithm::Md5],
             max_calls: 20_000,
+            guard: crate::guard::GuardConfig::default(),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// `[security]` knobs of the guard.
+/// How password guessing is slowed (`calls.auth_*` keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuardConfig {
     /// Failures from one address for one AOR before it is slowed.

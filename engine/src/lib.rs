@@ -167,8 +167,7 @@ impl Engine {
             ctx,
             txs: Transactions::new(cfg.timers),
             accounts: accounts::Accounts::new(&cfg, now),
-            registrar: registrar::Registrar::new(cfg.calls.clone(), nonce_key, now)
-                .with_guard(cfg.guard.clone()),
+            registrar: registrar::Registrar::new(cfg.calls.clone(), nonce_key, now),
             calls: Calls::new(cfg.calls.clone(), hosts, cfg.timers),
             cfg,
         }

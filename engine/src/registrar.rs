@@ -20,7 +20,7 @@ use crate::config::CallConfig;
 use crate::context::Context;
 use crate::digest::{self, Algorithm, Credentials, Ha1, NonceVerifier, Reply, VerifierConfig};
 use crate::error::SipError;
-use crate::guard::{Guard, GuardConfig};
+use crate::guard::Guard;
 use crate::output::{Event, Flow};
 use crate::push::Platform;
 use crate::registration::{AccountConfig, AccountId, AccountSecret};
@@ -201,6 +201,7 @@ pub(crate) struct Registrar {
 impl Registrar {
     /// `nonce_key` keys the nonces' HMAC (from the engine's CSPRNG).
     pub fn new(cfg: CallConfig, nonce_key: [u8; 32], now: Instant) -> Registrar {
+        let guard = Guard::new(cfg.guard.clone());
         let algorithms = if cfg.phone_digest_algorithms.is_empty() {
             vec![digest::Algorithm::Md5]
         } else {
@@ -217,14 +218,8 @@ impl Registrar {
                     ..VerifierConfig::default()
                 },
             ),
-            guard: Guard::new(GuardConfig::default()),
+            guard,
         }
-    }
-
-    /// The same registrar with its own guard settings.
-    pub fn with_guard(mut self, cfg: GuardConfig) -> Registrar {
-        self.guard = Guard::new(cfg);
-        self
     }
 
     /// An account's devices (empty when it has none).
