@@ -2896,15 +2896,18 @@ fn requests_to_phones_name_the_shared_port_they_leave_from_in_their_via() {
         "{via}"
     );
     assert!(via.contains("-s0;"), "{via}");
-    // Towards the provider the shard's own socket is named.
+    // Towards the provider (the phone's BYE, relayed) the shard's own
+    // socket is named.
     let up = s
         .sent
         .iter()
-        .find(|(_, to, d)| *to == addr(CALLER) && method(d).is_some())
-        .map(|(_, _, d)| header(d, "Via").unwrap());
-    if let Some(up) = up {
-        assert!(up.contains(ENGINE), "{up}");
-    }
+        .find(|(_, to, d)| *to == addr(CALLER) && method(d).as_deref() == Some("BYE"))
+        .map(|(_, _, d)| header(d, "Via").unwrap())
+        .expect("the phone's BYE relayed to the caller");
+    assert!(
+        up.starts_with(&format!("SIP/2.0/UDP {ENGINE};branch=z9hG4bK")),
+        "{up}"
+    );
     assert_eq!(c.borrow().final_code, Some(200));
     drop(pb);
     settle(&mut s);

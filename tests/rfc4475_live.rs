@@ -8,6 +8,10 @@
 mod ports;
 
 use ports::free_udp_port_run;
+#[path = "../engine/tests/support/rfc4475_expected.rs"]
+mod expected;
+
+use expected::EXPECTED;
 use sipis::config::Config;
 use sipis::runtime::Server;
 use std::net::UdpSocket;
@@ -20,36 +24,6 @@ fn dat(name: &str) -> Vec<u8> {
     );
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
-
-/// (message, status codes expected in order), as RFC 4475 §3 says.
-const EXPECTED: &[(&str, &[u16])] = &[
-    ("wsinv", &[481]),
-    ("intmeth", &[501]),
-    ("esc01", &[100, 480]),
-    ("escnull", &[401]),
-    ("esc02", &[501]),
-    ("lwsdisp", &[200]),
-    ("longreq", &[100, 480]),
-    ("dblreq", &[401]),
-    ("semiuri", &[200]),
-    ("transports", &[200]),
-    ("mpart01", &[501]),
-    ("unreason", &[]),
-    ("noreason", &[]),
-    ("clerr", &[400]),
-    ("quotbal", &[400]),
-    ("lwsruri", &[400]),
-    ("lwsstart", &[400]),
-    ("trws", &[400]),
-    ("badaspec", &[400]),
-    ("badvers", &[505]),
-    ("insuf", &[400]),
-    ("mcl01", &[400]),
-    ("inv2543", &[100, 480]),
-    ("unkscm", &[416]),
-    ("novelsc", &[416]),
-    ("bext01", &[420]),
-];
 
 /// Sends `data` and collects the status codes answered within `wait`
 /// (returning early once `want` answers came).

@@ -21,6 +21,8 @@
 
 #[path = "support/http1.rs"]
 mod http1;
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "support/serve.rs"]
 mod serve;
 

@@ -51,7 +51,7 @@ use crate::output::{Event, Flow, Transmit};
 use crate::push::{Platform, Push, PushKind, PushOutcome, PushResult};
 use crate::registrar::Registrar;
 use crate::registration::AccountId;
-use crate::request::{begin_request, body, end_to_end, put_contact, reason_phrase};
+use crate::request::{begin_request, end_to_end, put_contact, reason_phrase};
 use crate::transaction::{Kind, TimerConfig, TxKey};
 use crate::transactions::{ServerId, Transactions, TxOwner};
 use crate::wheel::TimerHandle;
@@ -733,7 +733,9 @@ impl Calls {
         let (token, host) = (&call.token, &self.hosts.phone_contact);
         w.header_with("Contact", |o| put_contact(o, token, host));
         w.copy_headers(&inv, end_to_end);
-        w.finish(body(&invite, &inv));
+        // The body as the parser found it: Content-Length bytes, or over
+        // UDP without one the rest of the datagram (RFC 3261 §18.3).
+        w.finish(inv.body);
         let bytes = ctx.buf.split().freeze();
         let key = TxKey::for_request(
             branch.as_bytes(),
@@ -951,7 +953,7 @@ impl Calls {
                     record(&mut self.latency.ringing, created, now);
                 }
                 let reason = reason_phrase(data);
-                self.relay_upstream_response(env, now, c, code, &reason, msg, data);
+                self.relay_upstream_response(env, now, c, code, &reason, msg);
             }
             200..=299 => {
                 // RFC 3261 §9.1: only a request without a final answer can
@@ -987,7 +989,7 @@ impl Calls {
                     // Step 5: a device that declines ends the wait.
                     486 | 600 | 603 => {
                         let reason = reason_phrase(data);
-                        self.relay_upstream_response(env, now, c, code, &reason, msg, data);
+                        self.relay_upstream_response(env, now, c, code, &reason, msg);
                         self.finish_unanswered(env, now, c, Outcome::Declined);
                     }
                     // Anything else (503, 408, 480, ...) ends only this leg:
@@ -1032,7 +1034,7 @@ impl Calls {
                 env.ctx.stats.calls_answered += 1;
                 let reason = reason_phrase(data);
                 let code = msg.status().unwrap_or(200);
-                self.relay_upstream_response(env, now, c, code, &reason, msg, data);
+                self.relay_upstream_response(env, now, c, code, &reason, msg);
                 let call = &self.calls[c];
                 if let Some(ok) = call.up_2xx.clone() {
                     let (server, cseq) = (call.server, call.up.invite_cseq);
@@ -1273,11 +1275,10 @@ impl Calls {
         code: u16,
         reason: &str,
         resp: &Message<'_, '_>,
-        data: &[u8],
     ) {
         let Some(bytes) = self.upstream_response(env.ctx, c, code, reason, |mut w| {
             w.copy_headers(resp, end_to_end);
-            w.finish(body(data, resp));
+            w.finish(resp.body);
         }) else {
             return;
         };

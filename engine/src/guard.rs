@@ -151,43 +151,39 @@ impl Guard {
     }
 
     /// Drops what is forgotten, and the oldest entries when a table is
-    /// full (a spray of sources must not grow memory without bound).
+    /// full (a spray of sources must not grow memory without bound). Work
+    /// is done only when a table is full, and then frees a tenth of it, so
+    /// a failure costs O(1) amortised however the tables are sprayed.
     fn expire(&mut self, now: Instant) {
         let forget = self.cfg.forget_after;
         let max = self.cfg.max_entries.max(1);
-        let stale = |s: &Strikes| {
+        let stale = move |s: &Strikes| {
             now.saturating_duration_since(s.last) > forget
                 && s.blocked_until.is_none_or(|t| t <= now)
         };
         if self.by_account.len() >= max {
             self.by_account.retain(|_, s| !stale(s));
-            while self.by_account.len() >= max {
-                let oldest = self
-                    .by_account
-                    .iter()
-                    .min_by_key(|(_, s)| s.last)
-                    .map(|(k, _)| k.clone());
-                match oldest {
-                    Some(k) => self.by_account.remove(&k),
-                    None => break,
-                };
+            if self.by_account.len() >= max {
+                let cut = oldest_tenth(self.by_account.values());
+                self.by_account.retain(|_, s| s.last > cut);
             }
         }
         if self.by_source.len() >= max {
             self.by_source.retain(|_, s| !stale(s));
-            while self.by_source.len() >= max {
-                let oldest = self
-                    .by_source
-                    .iter()
-                    .min_by_key(|(_, s)| s.last)
-                    .map(|(k, _)| *k);
-                match oldest {
-                    Some(k) => self.by_source.remove(&k),
-                    None => break,
-                };
+            if self.by_source.len() >= max {
+                let cut = oldest_tenth(self.by_source.values());
+                self.by_source.retain(|_, s| s.last > cut);
             }
         }
     }
+}
+
+/// The time of the last failure at the tenth percentile: entries no newer
+/// than it are the oldest tenth (at least one entry).
+fn oldest_tenth<'a>(entries: impl Iterator<Item = &'a Strikes>) -> Instant {
+    let mut lasts: Vec<Instant> = entries.map(|s| s.last).collect();
+    let k = (lasts.len() / 10).max(1) - 1;
+    *lasts.select_nth_unstable(k).1
 }
 
 #[cfg(test)]

@@ -57,9 +57,14 @@
 //!   with, and the B2BUA's header rules.
 //! - [`push`] — the domain pushes the engine emits ([`Push`]) and the
 //!   outcomes it takes back ([`PushOutcome`]).
+//! - `guard` — password guessing slowed per (source, AOR) and per source,
+//!   in bounded tables ([`GuardConfig`]).
+//! - `config`, `output`, `outcome` — [`EngineConfig`]/[`CallConfig`], what
+//!   the engine hands the shell ([`Transmit`], [`Event`], [`Stats`]), how a
+//!   call ended ([`Outcome`]).
 //! - [`SipError`] — every refusal, with its status code, reason and headers.
 //! - [`wheel`], [`digest`], `rng` — the timer wheel, digest authentication
-//!   (RFC 7616/8760), identifiers.
+//!   (RFC 7616/8760), the ChaCha20 CSPRNG ([`Rng`], keyed by [`RngKey`]).
 //!
 //! ## Driving it
 //!
@@ -442,8 +447,7 @@ impl Engine {
             return;
         }
         if method != Method::Ack {
-            if let Some(e) = core_check(msg) {
-                let unsupported = unsupported_options(msg);
+            if let Some((e, unsupported)) = core_check(msg) {
                 return respond_stateless(
                     &mut self.ctx,
                     msg,
@@ -470,7 +474,7 @@ impl Engine {
         }
         if method == Method::Ack {
             // An ACK for a 2xx (end to end) or for a transaction long gone.
-            return self.calls.call_ack(env!(self), now, msg, data);
+            return self.calls.call_ack(env!(self), now, msg);
         }
         let in_dialog = msg.to().ok().and_then(|t| t.tag()).is_some();
         if method == Method::Options && !in_dialog {
@@ -625,27 +629,22 @@ const SUPPORTED: [&str; 7] = [
 
 /// The UAS core's checks before a request reaches a transaction user
 /// (RFC 3261 §8.2.2): a Request-URI scheme sipis does not serve gets 416,
-/// a `Require` it cannot honour 420 (never for CANCEL or ACK).
-fn core_check(msg: &Message<'_, '_>) -> Option<SipError> {
+/// a `Require` it cannot honour 420 with the tags to list in `Unsupported`
+/// (the caller skips ACK; a CANCEL's Require is ignored).
+fn core_check(msg: &Message<'_, '_>) -> Option<(SipError, String)> {
     let uri = msg.uri().ok()?;
     if matches!(uri.scheme, parser::Scheme::Other(_)) {
-        return Some(SipError::UnsupportedUriScheme);
+        return Some((SipError::UnsupportedUriScheme, String::new()));
     }
-    if !unsupported_options(msg).is_empty() {
-        return Some(SipError::BadExtension);
-    }
-    None
-}
-
-/// The `Require` option tags sipis does not support, comma-separated
-/// (none for a CANCEL, whose Require is ignored).
-fn unsupported_options(msg: &Message<'_, '_>) -> String {
     if msg.method() == Some(Method::Cancel) {
-        return String::new();
+        return None;
     }
-    msg.require()
+    let mut unsupported = msg
+        .require()
         .filter_map(Result::ok)
         .filter(|t| !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(t)))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .peekable();
+    unsupported.peek()?;
+    let tags = unsupported.collect::<Vec<_>>().join(", ");
+    Some((SipError::BadExtension, tags))
 }

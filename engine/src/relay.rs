@@ -18,7 +18,7 @@ use crate::context::Context;
 use crate::error::SipError;
 use crate::outcome::Outcome;
 use crate::output::Transmit;
-use crate::request::{begin_request, body, end_to_end, next_hop, put_contact, reason_phrase};
+use crate::request::{begin_request, end_to_end, next_hop, put_contact, reason_phrase};
 use crate::transaction::{Kind, TxKey};
 use crate::transactions::TxOwner;
 use bytes::Bytes;
@@ -74,20 +74,14 @@ impl Calls {
     /// An ACK outside any server transaction: the ACK of a 2xx, end to end
     /// (RFC 3261 §13.2.2.4). From the caller it goes on to the phone that
     /// answered.
-    pub fn call_ack(
-        &mut self,
-        env: &mut Env<'_>,
-        now: Instant,
-        msg: &Message<'_, '_>,
-        data: &[u8],
-    ) {
+    pub fn call_ack(&mut self, env: &mut Env<'_>, now: Instant, msg: &Message<'_, '_>) {
         let Some(c) = self.of_request(env.accounts, msg) else {
             return;
         };
         let to_tag = msg.to().ok().and_then(|t| t.tag());
         let from_tag = msg.from().ok().and_then(|t| t.tag());
         let Ok(cseq) = msg.cseq() else { return };
-        let body = body(data, msg);
+        let body = msg.body;
         let from_caller = to_tag == Some(&self.calls[c].up.local_tag[..]);
         if from_caller {
             self.up_2xx_acked(env.ctx, c, cseq.seq);
@@ -126,7 +120,7 @@ impl Calls {
         else {
             return;
         };
-        self.forward_upstream(env, now, c, msg, data, Method::Ack, Some(r.out_cseq), None);
+        self.forward_upstream(env, now, c, msg, Method::Ack, Some(r.out_cseq), None);
     }
 
     /// A request inside a dialog (it has a To-tag): relayed to the other
@@ -186,9 +180,9 @@ impl Calls {
         self.calls[c].relays += 1;
         let owner = TxOwner::Relay(r);
         if to_phone {
-            self.forward_to_phone(env, now, c, leg, msg, data, method, owner);
+            self.forward_to_phone(env, now, c, leg, msg, method, owner);
         } else {
-            self.forward_upstream(env, now, c, msg, data, method, None, Some(owner));
+            self.forward_upstream(env, now, c, msg, method, None, Some(owner));
         }
     }
 
@@ -201,7 +195,6 @@ impl Calls {
         c: usize,
         leg: usize,
         msg: &Message<'_, '_>,
-        data: &[u8],
         method: Method<'_>,
         owner: TxOwner,
     ) {
@@ -233,7 +226,7 @@ impl Calls {
             &d.route_set,
         );
         let contact = (&*call.token, &*self.hosts.phone_contact);
-        if relayed_rest(w, d, msg, data, out_cseq, method, contact).is_err() {
+        if relayed_rest(w, d, msg, out_cseq, method, contact).is_err() {
             return;
         }
         let bytes = ctx.buf.split().freeze();
@@ -256,7 +249,6 @@ impl Calls {
         now: Instant,
         c: usize,
         msg: &Message<'_, '_>,
-        data: &[u8],
         method: Method<'_>,
         ack_cseq: Option<u32>,
         owner: Option<TxOwner>,
@@ -294,7 +286,7 @@ impl Calls {
             &d.route_set,
         );
         let contact = (&*call.token, &*self.hosts.contact);
-        if relayed_rest(w, d, msg, data, out_cseq, method, contact).is_err() {
+        if relayed_rest(w, d, msg, out_cseq, method, contact).is_err() {
             return;
         }
         let bytes = ctx.buf.split().freeze();
@@ -361,7 +353,7 @@ impl Calls {
             w.header_with("Contact", |o| put_contact(o, &call.token, host));
         }
         w.copy_headers(msg, end_to_end);
-        w.finish(body(data, msg));
+        w.finish(msg.body);
         let bytes = ctx.buf.split().freeze();
         if to_phone && method == Method::Invite && (200..300).contains(&code) {
             // The caller's re-INVITE: its 2xx goes again until the ACK.
@@ -434,7 +426,6 @@ fn relayed_rest(
     mut w: Writer<'_>,
     dialog: &crate::dialog::Dialog,
     msg: &Message<'_, '_>,
-    data: &[u8],
     out_cseq: u32,
     method: Method<'_>,
     (token, host): (&str, &str),
@@ -444,6 +435,6 @@ fn relayed_rest(
         w.header_with("Contact", |o| put_contact(o, token, host));
     }
     w.copy_headers(msg, end_to_end);
-    w.finish(body(data, msg));
+    w.finish(msg.body);
     Ok(())
 }

@@ -116,13 +116,6 @@ pub(crate) fn put_cseq(w: &mut Writer<'_>, n: u32, method: Method<'_>) {
     });
 }
 
-/// The body of a message: `Content-Length` bytes after the blank line, or
-/// over UDP without Content-Length the rest of the datagram (RFC 3261
-/// §18.3), as the parser found it.
-pub(crate) fn body<'a>(_data: &'a [u8], msg: &Message<'_, 'a>) -> &'a [u8] {
-    msg.body
-}
-
 /// Where a request in a dialog goes first (RFC 3261 §12.2.1.1, §8.1.2):
 /// the top Route's URI when it is a loose router, else the remote target —
 /// when that URI names an IP address (the engine does no DNS); `None`

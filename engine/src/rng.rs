@@ -1,5 +1,5 @@
-//! The engine's random numbers: branches, tags, Call-IDs, push ids, Contact
-//! tokens' neighbours, nonce keys and jitter. A ChaCha20 stream (a CSPRNG):
+//! The engine's random numbers: branches, tags, Call-IDs, push ids, the
+//! phones' nonce key, digest cnonces and jitter. A ChaCha20 stream (a CSPRNG):
 //! one observed branch or tag tells nothing about the next, so an off-path
 //! attacker cannot predict another leg's branch to inject a response, nor
 //! forge a nonce. The shell keys it from the OS ([`RngKey`]); simulations

@@ -28,25 +28,6 @@ pub const REALM: &str = "sipis";
 
 static INSTANCE: AtomicU32 = AtomicU32::new(0);
 
-/// `n` consecutive free UDP ports on 127.0.0.1 (phones' port + one per shard).
-pub fn free_udp_ports(n: u16) -> u16 {
-    'outer: for _ in 0..50 {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let base = s.local_addr().unwrap().port();
-        drop(s);
-        if base > 65_000 {
-            continue;
-        }
-        for p in base..base + n {
-            if UdpSocket::bind(("127.0.0.1", p)).is_err() {
-                continue 'outer;
-            }
-        }
-        return base;
-    }
-    panic!("no run of {n} free UDP ports");
-}
-
 /// A provisioned account (proxy mode: no registrar upstream).
 #[derive(Debug, Clone)]
 pub struct Account {
@@ -81,7 +62,7 @@ impl Serve {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create the test's dir");
-        let sip_port = free_udp_ports(1 + shards as u16);
+        let sip_port = crate::ports::free_udp_port_run(1 + shards as u16);
         let admin = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
