@@ -2204,7 +2204,7 @@ fn tcp_phone(s: &mut Sim, at: &str, token: &str, wake: Option<Duration>) -> Phon
     let mut p = SimPhone::new(addr(at), s.phone_addr, token);
     p.ua.reliable = true;
     s.mediator.wake(token, addr(at), wake);
-    s.add_peer(p, Flow::Stream(u64::from(addr(at).port())))
+    s.add_peer(p, Flow::Tcp(u64::from(addr(at).port())))
 }
 
 #[test]

@@ -317,6 +317,10 @@ pub(crate) struct Hosts {
     pub contact: String,
     /// Our Contact host towards the phones.
     pub phone_contact: String,
+    /// The TCP and TLS listeners' public `host:port` (Via and Contact of
+    /// what goes over a phone's connection).
+    pub tcp: String,
+    pub tls: String,
 }
 
 impl Hosts {
@@ -326,7 +330,17 @@ impl Hosts {
     pub fn via_for(&self, flow: Flow) -> &str {
         match flow {
             Flow::SharedUdp => &self.phone_contact,
-            Flow::Udp | Flow::Stream(_) => &self.via,
+            Flow::Udp => &self.via,
+            Flow::Tcp(_) => &self.tcp,
+            Flow::Tls(_) => &self.tls,
+        }
+    }
+
+    /// Our Contact host towards a phone reached over `flow`.
+    pub fn phone_contact_for(&self, flow: Flow) -> &str {
+        match flow {
+            Flow::Udp | Flow::SharedUdp => &self.phone_contact,
+            Flow::Tcp(_) | Flow::Tls(_) => self.via_for(flow),
         }
     }
 }
@@ -500,8 +514,7 @@ impl Calls {
             .iter()
             .map(|d| {
                 let up = d.is_registered(now);
-                let connected =
-                    up && matches!(d.binding.as_ref().map(|b| b.flow), Some(Flow::Stream(_)));
+                let connected = up && d.binding.as_ref().is_some_and(|b| b.flow.is_stream());
                 (d.name.clone(), up, connected, d.push.is_some())
             })
             .collect();
@@ -730,8 +743,8 @@ impl Calls {
             &[],
         );
         dialog.write_parties(&mut w, Method::Invite, dialog.invite_cseq);
-        let (token, host) = (&call.token, &self.hosts.phone_contact);
-        w.header_with("Contact", |o| put_contact(o, token, host));
+        let (token, host) = (&call.token, self.hosts.phone_contact_for(flow));
+        w.header_with("Contact", |o| put_contact(o, token, host, flow));
         w.copy_headers(&inv, end_to_end);
         // The body as the parser found it: Content-Length bytes, or over
         // UDP without one the rest of the datagram (RFC 3261 §18.3).
@@ -814,7 +827,7 @@ impl Calls {
                 // nothing ever comes, Timer B ends the leg. Over a stream
                 // the INVITE is delivered first, so the guard time may
                 // cover phones that send no provisional there.
-                let guard = matches!(l.flow, Flow::Stream(_)).then(|| {
+                let guard = l.flow.is_stream().then(|| {
                     env.ctx.wheel.insert(
                         now + guard,
                         Timer::Call(c, gen, CallTimer::Guard(leg as u16)),
@@ -1318,7 +1331,7 @@ impl Calls {
         if (101..300).contains(&code) {
             w.copy_named(&inv, HeaderName::RecordRoute);
             let (token, host) = (&call.token, &self.hosts.contact);
-            w.header_with("Contact", |o| put_contact(o, token, host));
+            w.header_with("Contact", |o| put_contact(o, token, host, Flow::Udp));
         }
         rest(w);
         Some(ctx.buf.split().freeze())
@@ -1703,6 +1716,8 @@ mod tests {
                 via: "sipis.example:5061".into(),
                 contact: "sipis.example:5061".into(),
                 phone_contact: "sipis.example:5060".into(),
+                tcp: "sipis.example:5060".into(),
+                tls: "sipis.example:5061".into(),
             };
             Bench {
                 ctx,
@@ -1872,6 +1887,8 @@ mod tests {
             via: String::new(),
             contact: String::new(),
             phone_contact: String::new(),
+            tcp: String::new(),
+            tls: String::new(),
         }
     }
 

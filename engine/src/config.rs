@@ -30,6 +30,11 @@ pub struct EngineConfig {
     /// Public `host:port` of the phones' (shared) port, written in the
     /// Contact of requests to phones.
     pub phone_contact_host: String,
+    /// Public `host:port` of the TCP and TLS listeners (phones' side),
+    /// written in the Via and Contact of what sipis sends over a phone's
+    /// connection.
+    pub tcp_host: String,
+    pub tls_host: String,
     /// Incoming calls and the phones' registrar.
     pub calls: CallConfig,
     /// Most server transactions in flight on this shard: past it a new
@@ -55,6 +60,8 @@ impl Default for EngineConfig {
             seed: 0x5151_5151,
             key: None,
             phone_contact_host: "127.0.0.1:5060".into(),
+            tcp_host: "127.0.0.1:5060".into(),
+            tls_host: "127.0.0.1:5061".into(),
             calls: CallConfig::default(),
             max_server_transactions: 50_000,
             max_client_transactions: 50_000,

@@ -164,6 +164,8 @@ impl Engine {
             via: cfg.via.clone(),
             contact: cfg.contact_host.clone(),
             phone_contact: cfg.phone_contact_host.clone(),
+            tcp: cfg.tcp_host.clone(),
+            tls: cfg.tls_host.clone(),
         };
         let mut ctx = Context::keyed(cfg.seed, cfg.key, now);
         ctx.set_shard(cfg.shard);

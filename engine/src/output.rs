@@ -16,8 +16,36 @@ pub enum Flow {
     /// The public UDP port shared by all shards (phones' side): replies
     /// leave from that port so they pass the phone's NAT.
     SharedUdp,
-    /// A TCP/TLS connection of the front, by its id.
-    Stream(u64),
+    /// A TCP connection of the front, by its id (which names the shard
+    /// holding its socket: see the server's front).
+    Tcp(u64),
+    /// A TLS connection of the front, by its id.
+    Tls(u64),
+}
+
+impl Flow {
+    /// A connection (TCP or TLS): reliable, ordered, and the way back to a
+    /// phone behind NAT (RFC 5626 §5.3, RFC 5923).
+    pub fn is_stream(self) -> bool {
+        matches!(self, Flow::Tcp(_) | Flow::Tls(_))
+    }
+
+    /// The connection's id, for a stream.
+    pub fn conn(self) -> Option<u64> {
+        match self {
+            Flow::Tcp(id) | Flow::Tls(id) => Some(id),
+            Flow::Udp | Flow::SharedUdp => None,
+        }
+    }
+
+    /// The Via transport token (RFC 3261 §18.2.1, §20.42; RFC 5630 §3).
+    pub fn transport(self) -> &'static str {
+        match self {
+            Flow::Udp | Flow::SharedUdp => "UDP",
+            Flow::Tcp(_) => "TCP",
+            Flow::Tls(_) => "TLS",
+        }
+    }
 }
 
 /// A message for the shell to send.

@@ -17,7 +17,7 @@ use crate::calls::{CallState, Calls, Env, Reinvite, Relay};
 use crate::context::Context;
 use crate::error::SipError;
 use crate::outcome::Outcome;
-use crate::output::Transmit;
+use crate::output::{Flow, Transmit};
 use crate::request::{begin_request, end_to_end, next_hop, put_contact, reason_phrase};
 use crate::transaction::{Kind, TxKey};
 use crate::transactions::TxOwner;
@@ -225,7 +225,7 @@ impl Calls {
             &branch,
             &d.route_set,
         );
-        let contact = (&*call.token, &*self.hosts.phone_contact);
+        let contact = (&*call.token, self.hosts.phone_contact_for(flow), flow);
         if relayed_rest(w, d, msg, out_cseq, method, contact).is_err() {
             return;
         }
@@ -285,7 +285,7 @@ impl Calls {
             &branch,
             &d.route_set,
         );
-        let contact = (&*call.token, &*self.hosts.contact);
+        let contact = (&*call.token, &*self.hosts.contact, flow);
         if relayed_rest(w, d, msg, out_cseq, method, contact).is_err() {
             return;
         }
@@ -345,12 +345,13 @@ impl Calls {
         if (200..300).contains(&code) && matches!(method, Method::Invite | Method::Update) {
             // The answer goes back to the side the request came from:
             // our Contact as that side knows it.
-            let host = if to_phone {
-                &self.hosts.contact
+            let (host, flow) = if to_phone {
+                (self.hosts.contact.as_str(), call.up_flow)
             } else {
-                &self.hosts.phone_contact
+                let flow = call.legs.get(leg).map_or(Flow::SharedUdp, |l| l.flow);
+                (self.hosts.phone_contact_for(flow), flow)
             };
-            w.header_with("Contact", |o| put_contact(o, &call.token, host));
+            w.header_with("Contact", |o| put_contact(o, &call.token, host, flow));
         }
         w.copy_headers(msg, end_to_end);
         w.finish(msg.body);
@@ -428,11 +429,11 @@ fn relayed_rest(
     msg: &Message<'_, '_>,
     out_cseq: u32,
     method: Method<'_>,
-    (token, host): (&str, &str),
+    (token, host, flow): (&str, &str, Flow),
 ) -> Result<(), parser::Error> {
     dialog.write_relayed_parties(&mut w, msg, method, out_cseq)?;
     if matches!(method, Method::Invite | Method::Update) {
-        w.header_with("Contact", |o| put_contact(o, token, host));
+        w.header_with("Contact", |o| put_contact(o, token, host, flow));
     }
     w.copy_headers(msg, end_to_end);
     w.finish(msg.body);

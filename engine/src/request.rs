@@ -9,10 +9,7 @@ use std::net::SocketAddr;
 
 /// The transport token of a Via for `flow` (RFC 3261 §18.2.1, §20.42).
 pub(crate) fn via_transport(flow: Flow) -> &'static str {
-    match flow {
-        Flow::Udp | Flow::SharedUdp => "UDP",
-        Flow::Stream(_) => "TCP",
-    }
+    flow.transport()
 }
 
 /// Starts a request sipis originates on a leg (RFC 3261 §8.1.1): the
@@ -98,12 +95,20 @@ pub(crate) fn put_party_header(
 }
 
 /// `<sip:<token>@<host:port>>`: the Contact sipis gives each side, its
-/// user part routing requests back to the account.
-pub(crate) fn put_contact(o: &mut BytesMut, token: &str, host: &str) {
+/// user part routing requests back to the account. Over a stream the
+/// Contact names the listener and its transport (`;transport=tcp|tls`,
+/// RFC 3261 §19.1.1; `sip:` with `transport=tls` rather than `sips:`, as
+/// RFC 5630 §3.1.1 allows for a single hop).
+pub(crate) fn put_contact(o: &mut BytesMut, token: &str, host: &str, flow: Flow) {
     o.put_slice(b"<sip:");
     o.put_slice(token.as_bytes());
     o.put_u8(b'@');
     o.put_slice(host.as_bytes());
+    match flow {
+        Flow::Tcp(_) => o.put_slice(b";transport=tcp"),
+        Flow::Tls(_) => o.put_slice(b";transport=tls"),
+        Flow::Udp | Flow::SharedUdp => {}
+    }
     o.put_u8(b'>');
 }
 
@@ -211,7 +216,7 @@ mod tests {
             &mut buf,
             Method::Bye,
             b"sip:bob@192.0.2.1:5070",
-            Flow::Stream(3),
+            Flow::Tcp(3),
             "sipis.example:5060",
             "z9hG4bKabc",
             &routes,

@@ -127,7 +127,7 @@ impl Transactions {
         kind: Kind,
         owner: TxOwner,
     ) -> usize {
-        let reliable = matches!(flow, Flow::Stream(_));
+        let reliable = flow.is_stream();
         let generation = ctx.next_generation();
         let slot = self.clients.insert(ClientEntry {
             created: now,
@@ -173,7 +173,7 @@ impl Transactions {
             .as_ref()
             .and_then(|k| self.client_keys.get(k))?;
         let c = &mut self.clients[slot];
-        let same_flow = matches!(c.flow, Flow::Stream(_)) && c.flow == flow;
+        let same_flow = c.flow.is_stream() && c.flow == flow;
         if c.dest != from && !same_flow {
             return None;
         }
@@ -275,7 +275,7 @@ impl Transactions {
         source: SocketAddr,
         flow: Flow,
     ) -> usize {
-        let reliable = matches!(flow, Flow::Stream(_));
+        let reliable = flow.is_stream();
         let generation = ctx.next_generation();
         let slot = self.servers.insert(ServerEntry {
             tx: ServerTransaction::new(now, kind, reliable, &self.timers),

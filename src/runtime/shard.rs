@@ -365,7 +365,7 @@ async fn flush(engine: &RefCell<Engine>, sock: &Sockets, sink: &dyn EventSink) {
             Flow::Udp => &sock.own,
             Flow::SharedUdp => sock.shared.as_ref().unwrap_or(&sock.own),
             // Streams belong to the TCP/TLS front, which is not built yet.
-            Flow::Stream(_) => continue,
+            Flow::Tcp(_) | Flow::Tls(_) => continue,
         };
         if let Err(e) = via.send_to(&t.payload, t.dest).await {
             tracing::debug!(dest = %t.dest, error = %e, "send_to failed");

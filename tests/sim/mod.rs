@@ -216,7 +216,7 @@ impl Sim {
         let stream = self
             .peers
             .iter()
-            .any(|p| (p.addr == from || p.addr == to) && matches!(p.flow, Flow::Stream(_)));
+            .any(|p| (p.addr == from || p.addr == to) && p.flow.is_stream());
         if stream {
             self.seq += 1;
             self.queue
