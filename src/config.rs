@@ -75,6 +75,47 @@ pub struct Config {
     pub store: StoreConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    /// `[tcp]`: the phones' TCP listener and the limits of every
+    /// connection (TCP and TLS).
+    pub tcp: TcpConfig,
+    /// `[tls]`: the phones' TLS listener.
+    pub tls: SipTlsConfig,
+}
+
+/// `[tcp]`: the TCP listener and connection limits (the front's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpConfig {
+    /// Listen for phones over TCP.
+    pub enabled: bool,
+    /// Its port; `None`: `server.sip_port`.
+    pub port: Option<u16>,
+    pub limits: crate::runtime::front::ConnLimits,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            enabled: true,
+            port: None,
+            limits: Default::default(),
+        }
+    }
+}
+
+/// `[tls]`: the TLS listener, on when a certificate and key are given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipTlsConfig {
+    pub port: u16,
+    pub files: Option<crate::runtime::front::TlsSettings>,
+}
+
+impl Default for SipTlsConfig {
+    fn default() -> Self {
+        SipTlsConfig {
+            port: 5061,
+            files: None,
+        }
+    }
 }
 
 impl fmt::Debug for Config {
@@ -95,6 +136,8 @@ impl fmt::Debug for Config {
             .field("store", &self.store)
             .field("admin", &self.admin)
             .field("log", &self.log)
+            .field("tcp", &self.tcp)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -774,6 +817,36 @@ impl Config {
                 }
             }
         }
+        if let Some(files) = &self.tls.files {
+            // Each file on its own first, then the pair together (the key
+            // must fit the certificate).
+            let mut ok = true;
+            for (key, path) in [("tls.cert", &files.cert), ("tls.key", &files.key)] {
+                if let Err(why) = pem_file(path) {
+                    out.push(ConfigError::invalid(key, why));
+                    ok = false;
+                }
+            }
+            if ok {
+                if let Err((path, why)) = crate::http::tls::load_server_config(
+                    &files.cert,
+                    &files.key,
+                    files.client_ca.as_deref(),
+                ) {
+                    let key = if Some(path.as_path()) == files.client_ca.as_deref() {
+                        "tls.client_ca"
+                    } else if path == files.cert {
+                        "tls.cert"
+                    } else {
+                        "tls.key"
+                    };
+                    out.push(ConfigError::invalid(
+                        key,
+                        format!("{}: {why}", path.display()),
+                    ));
+                }
+            }
+        }
         if let AdminToken::File(_) = self.admin.token {
             if let Err(e) = self.admin_token() {
                 out.push(e);
@@ -893,6 +966,11 @@ impl Config {
     /// registration settings from `[sip]`, Via and Contact host
     /// `public_host:shard_port`. The PRNG seed is left at its default for
     /// the caller to set.
+    /// The phones' TCP port: `tcp.port`, else `server.sip_port`.
+    pub fn tcp_port(&self) -> u16 {
+        self.tcp.port.unwrap_or(self.server.sip_port)
+    }
+
     pub fn engine_config(&self, shard: usize) -> EngineConfig {
         let host = host_port(&self.public_host(), self.shard_port(shard));
         EngineConfig {
@@ -911,6 +989,8 @@ impl Config {
                 user_agent: self.sip.user_agent.clone(),
             },
             phone_contact_host: host_port(&self.public_host(), self.server.sip_port),
+            tcp_host: host_port(&self.public_host(), self.tcp_port()),
+            tls_host: host_port(&self.public_host(), self.tls.port),
             calls: self.calls.clone(),
             max_server_transactions: self.sip.max_transactions,
             max_client_transactions: self.sip.max_transactions,
@@ -957,8 +1037,15 @@ impl Config {
         } else {
             String::new()
         };
+        let mut front = String::new();
+        if self.tcp.enabled {
+            front.push_str(&format!(", TCP {}", self.tcp_port()));
+        }
+        if self.tls.files.is_some() {
+            front.push_str(&format!(", TLS {}", self.tls.port));
+        }
         format!(
-            "{shards}; phones on {} (shared); upstream {}..={}; public host {}; {store}; \
+            "{shards}; phones on {} (shared){front}; upstream {}..={}; public host {}; {store}; \
              admin {} ({token}); {push}{mediator}; log {} {}",
             SocketAddr::new(s.bind, s.sip_port),
             host_port(&s.bind.to_string(), self.shard_port(0)),
@@ -997,6 +1084,31 @@ struct RawFile {
     store: Option<RawStore>,
     admin: Option<RawAdmin>,
     log: Option<RawLog>,
+    tcp: Option<RawTcp>,
+    tls: Option<RawTls>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTcp {
+    enabled: V,
+    port: V,
+    max_connections: V,
+    max_connections_per_ip: V,
+    idle_timeout: V,
+    unregistered_timeout: V,
+    message_timeout: V,
+    max_write_queue: V,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    port: V,
+    cert: V,
+    key: V,
+    client_ca: V,
+    handshake_timeout: V,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -1169,6 +1281,8 @@ fn section_keys(section: &str) -> &'static [&'static str] {
         "store" => fields_of::<RawStore>(),
         "admin" => fields_of::<RawAdmin>(),
         "log" => fields_of::<RawLog>(),
+        "tcp" => fields_of::<RawTcp>(),
+        "tls" => fields_of::<RawTls>(),
         _ => &[],
     }
 }
@@ -2145,6 +2259,12 @@ fn convert(raw: RawFile, r: &mut Reader) -> Config {
             }),
     };
 
+    let (tcp, tls) = convert_front(
+        raw.tcp.unwrap_or_default(),
+        raw.tls.unwrap_or_default(),
+        &server,
+        r,
+    );
     Config {
         server,
         sip,
@@ -2154,7 +2274,114 @@ fn convert(raw: RawFile, r: &mut Reader) -> Config {
         store,
         admin,
         log,
+        tcp,
+        tls,
     }
+}
+
+/// `[tcp]` and `[tls]`.
+fn convert_front(
+    t: RawTcp,
+    l: RawTls,
+    server: &ServerConfig,
+    r: &mut Reader,
+) -> (TcpConfig, SipTlsConfig) {
+    let d = crate::runtime::front::ConnLimits::default();
+    let secs = Duration::from_secs;
+    let port = |r: &mut Reader, key, v| r.int(key, v, "a port", 1..=65535).map(|p| p as u16);
+    let limits = crate::runtime::front::ConnLimits {
+        max_connections: r
+            .int(
+                "tcp.max_connections",
+                t.max_connections,
+                "a count",
+                1..=1_000_000,
+            )
+            .map_or(d.max_connections, |n| n as usize),
+        max_per_ip: r
+            .int(
+                "tcp.max_connections_per_ip",
+                t.max_connections_per_ip,
+                "a count",
+                1..=1_000_000,
+            )
+            .map_or(d.max_per_ip, |n| n as usize),
+        tls_handshake_timeout: r
+            .duration(
+                "tls.handshake_timeout",
+                l.handshake_timeout,
+                Duration::from_millis(100)..=secs(120),
+            )
+            .unwrap_or(d.tls_handshake_timeout),
+        unregistered_timeout: r
+            .duration(
+                "tcp.unregistered_timeout",
+                t.unregistered_timeout,
+                secs(1)..=secs(86_400),
+            )
+            .unwrap_or(d.unregistered_timeout),
+        idle_timeout: r
+            .duration(
+                "tcp.idle_timeout",
+                t.idle_timeout,
+                secs(10)..=secs(7 * 86_400),
+            )
+            .unwrap_or(d.idle_timeout),
+        message_timeout: r
+            .duration(
+                "tcp.message_timeout",
+                t.message_timeout,
+                Duration::from_millis(100)..=secs(600),
+            )
+            .unwrap_or(d.message_timeout),
+        max_message: server.max_message_bytes,
+        max_head: d.max_head.min(server.max_message_bytes),
+        max_write_queue: r
+            .int(
+                "tcp.max_write_queue",
+                t.max_write_queue,
+                "a size in bytes",
+                65_536..=64 << 20,
+            )
+            .map_or(d.max_write_queue, |n| n as usize),
+    };
+    let tcp = TcpConfig {
+        enabled: r.boolean("tcp.enabled", t.enabled).unwrap_or(true),
+        port: port(r, "tcp.port", t.port),
+        limits,
+    };
+    let has_cert = l.cert.is_some();
+    let has_key = l.key.is_some();
+    let cert = r.path("tls.cert", l.cert);
+    let key = r.path("tls.key", l.key);
+    let client_ca = r.path("tls.client_ca", l.client_ca);
+    let files = match (cert, key) {
+        (Some(cert), Some(key)) => Some(crate::runtime::front::TlsSettings {
+            cert,
+            key,
+            client_ca,
+        }),
+        _ => {
+            if has_cert && !has_key {
+                r.error("tls.key", "required when tls.cert is set".to_owned());
+            }
+            if has_key && !has_cert {
+                r.error("tls.cert", "required when tls.key is set".to_owned());
+            }
+            if client_ca.is_some() {
+                r.error(
+                    "tls.client_ca",
+                    "needs tls.cert and tls.key (the TLS listener is off without them)".to_owned(),
+                );
+            }
+            None
+        }
+    };
+    let tls = SipTlsConfig {
+        port: port(r, "tls.port", l.port).unwrap_or(5061),
+        files,
+    };
+    (tcp, tls)
 }
 
 /// `[mediator.apns]`: `None` (after reporting why) unless every required

@@ -123,6 +123,7 @@ fn start_shards_on(ip: &str, n: usize, base: u16) -> Shards {
             pin: false,
             io_memory: 1 << 20,
             socket_buffer: 1 << 20,
+            front: None,
         },
         Arc::new(NullSink),
     )

@@ -27,7 +27,7 @@ mod json;
 pub(crate) mod routes;
 pub(crate) mod server;
 pub(crate) mod site;
-mod tls;
+pub(crate) mod tls;
 
 pub use json::{
     AccountList, AccountUpdate, AccountView, DeviceList, DeviceRequest, DeviceView, ErrorBody,

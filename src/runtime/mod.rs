@@ -16,6 +16,7 @@
 //! eventfd), so `180 Push-Notification-Sent` leaves when the push service
 //! accepted the push, not at the next tick.
 
+pub mod front;
 mod memlock;
 mod router;
 mod server;
@@ -139,6 +140,30 @@ pub struct ShardSettings {
     pub io_memory: usize,
     /// Socket receive/send buffer size asked of the kernel.
     pub socket_buffer: usize,
+    /// The TCP/TLS front (phones over connections); `None` for none.
+    pub front: Option<FrontSettings>,
+}
+
+/// The TCP/TLS listeners every shard accepts on (SO_REUSEPORT).
+#[derive(Clone)]
+pub struct FrontSettings {
+    /// TCP port (`0`: any free one); `None`: no TCP listener.
+    pub tcp_port: Option<u16>,
+    /// TLS port; needs `shared.tls`.
+    pub tls_port: Option<u16>,
+    /// Limits, counters and the TLS configuration, shared by the shards.
+    pub shared: Arc<front::FrontShared>,
+}
+
+impl fmt::Debug for FrontSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrontSettings")
+            .field("tcp_port", &self.tcp_port)
+            .field("tls_port", &self.tls_port)
+            .field("limits", &self.shared.limits)
+            .field("tls", &self.shared.tls.is_some())
+            .finish()
+    }
 }
 
 /// Why the shards could not start.
@@ -147,6 +172,8 @@ pub enum RuntimeError {
     Memlock(MemlockError),
     /// Binding a shard socket failed.
     Bind(SocketAddr, std::io::Error),
+    /// Binding a TCP/TLS listener failed.
+    BindTcp(SocketAddr, std::io::Error),
     /// glommio could not create an executor (io_uring unavailable?).
     Executor(usize, String),
     Config(String),
@@ -157,6 +184,7 @@ impl fmt::Display for RuntimeError {
         match self {
             RuntimeError::Memlock(e) => e.fmt(f),
             RuntimeError::Bind(a, e) => write!(f, "cannot bind UDP {a}: {e}"),
+            RuntimeError::BindTcp(a, e) => write!(f, "cannot listen on TCP {a}: {e}"),
             RuntimeError::Executor(i, e) => write!(f, "cannot start shard {i} (io_uring): {e}"),
             RuntimeError::Config(e) => f.write_str(e),
         }
@@ -196,6 +224,10 @@ pub struct Shards {
     shards: Vec<ShardHandle>,
     router: Arc<Router>,
     shared: Option<SocketAddr>,
+    /// The TCP and TLS listeners' addresses.
+    tcp: Option<SocketAddr>,
+    tls: Option<SocketAddr>,
+    front: Option<Arc<front::FrontShared>>,
 }
 
 impl Shards {
@@ -216,6 +248,10 @@ impl Shards {
         let mesh = (settings.count > 1)
             .then(|| glommio::channels::channel_mesh::MeshBuilder::full(settings.count, 4096));
         let mut shared_addr = None;
+        let mut tcp_addr = None;
+        let mut tls_addr = None;
+        let front_shared = settings.front.as_ref().map(|f| f.shared.clone());
+        let empty_front = || Arc::new(front::FrontShared::new(Default::default(), None));
         let mut shards = Vec::with_capacity(settings.count);
         for (i, mut engine) in settings.engines.into_iter().enumerate() {
             // Its branches carry its index: the shared port routes a phone's
@@ -246,6 +282,20 @@ impl Shards {
                     Some(s)
                 }
             };
+            let mut listeners = Vec::new();
+            if let Some(f) = &settings.front {
+                for (port, tls, addr) in [
+                    (f.tcp_port, false, &mut tcp_addr),
+                    (f.tls_port, true, &mut tls_addr),
+                ] {
+                    let Some(p) = port else { continue };
+                    // Port 0: the first shard's bind picks one, the others join it.
+                    let a = addr.unwrap_or(SocketAddr::new(settings.bind, p));
+                    let s = bind_tcp(a).map_err(|e| RuntimeError::BindTcp(a, e))?;
+                    *addr = s.local_addr().ok().and_then(|a| a.as_socket()).or(Some(a));
+                    listeners.push((s, tls));
+                }
+            }
             let (tx, rx) = crossbeam_channel::unbounded();
             let (outcomes, outcomes_rx) = tokio::sync::mpsc::unbounded_channel();
             let metrics = Arc::new(ShardMetrics {
@@ -264,6 +314,9 @@ impl Shards {
                 socket,
                 shared,
                 mesh: mesh.clone(),
+                listeners,
+                front: front_shared.clone().unwrap_or_else(empty_front),
+                shards: settings.count,
                 router: router.clone(),
                 engine,
                 control: rx,
@@ -288,7 +341,25 @@ impl Shards {
             shards,
             router,
             shared: shared_addr,
+            tcp: tcp_addr,
+            tls: tls_addr,
+            front: front_shared,
         })
+    }
+
+    /// The TCP listener's address, if any.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp
+    }
+
+    /// The TLS listener's address, if any.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls
+    }
+
+    /// The front's counters and TLS configuration, if it runs.
+    pub fn front(&self) -> Option<&Arc<front::FrontShared>> {
+        self.front.as_ref()
     }
 
     /// The shared phone port's address, if any.
@@ -474,6 +545,21 @@ fn bind_udp_shared(addr: SocketAddr, buffer: usize) -> std::io::Result<Socket> {
     let _ = socket.set_recv_buffer_size(buffer);
     let _ = socket.set_send_buffer_size(buffer);
     socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// A listening TCP socket of the front: SO_REUSEPORT so every shard
+/// listens on the port and the kernel spreads connections over them.
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
     Ok(socket)
 }
 

@@ -177,6 +177,21 @@ impl Server {
                 Ok(e)
             })
             .collect::<Result<Vec<_>, ServeError>>()?;
+        let tls = match &cfg.tls.files {
+            None => None,
+            Some(files) => Some(Arc::new(
+                super::front::SipTls::load(files.clone())
+                    .map_err(|e| ServeError::Admin(format!("tls: {e}")))?,
+            )),
+        };
+        let front = (cfg.tcp.enabled || tls.is_some()).then(|| super::FrontSettings {
+            tcp_port: cfg.tcp.enabled.then(|| cfg.tcp_port()),
+            tls_port: tls.as_ref().map(|_| cfg.tls.port),
+            shared: Arc::new(super::front::FrontShared::new(
+                cfg.tcp.limits.clone(),
+                tls.clone(),
+            )),
+        });
         let shards = Shards::start(
             ShardSettings {
                 count: n,
@@ -187,6 +202,7 @@ impl Server {
                 pin: true,
                 io_memory: 2 << 20,
                 socket_buffer: 4 << 20,
+                front,
             },
             sink.clone(),
         )
@@ -716,6 +732,9 @@ impl AdminApi for Core {
             &[],
             sum(&|s| s.forward_dropped),
         );
+        if let Some(f) = self.shards.front() {
+            render_front(out, f);
+        }
         gauge(
             out,
             "sipis_client_transactions",
@@ -875,4 +894,69 @@ pub(crate) fn os_key() -> Result<crate::engine::RngKey, ServeError> {
     getrandom::fill(&mut key)
         .map_err(|e| ServeError::Admin(format!("cannot read OS randomness: {e}")))?;
     Ok(crate::engine::RngKey(key))
+}
+
+/// The TCP/TLS front's counters.
+fn render_front(out: &mut String, f: &super::front::FrontShared) {
+    use super::front::CloseReason;
+    let m = &f.metrics;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    gauge(
+        out,
+        "sipis_connections_open",
+        "TCP and TLS connections open.",
+        &[],
+        m.open.load(Ordering::Relaxed) as u64,
+    );
+    for (transport, v) in [("tcp", &m.accepted_tcp), ("tls", &m.accepted_tls)] {
+        counter(
+            out,
+            "sipis_connections_accepted_total",
+            "Connections accepted, by transport.",
+            &[("transport", transport)],
+            get(v),
+        );
+    }
+    for (limit, v) in [
+        ("max_connections", &m.refused_total),
+        ("max_connections_per_ip", &m.refused_per_ip),
+    ] {
+        counter(
+            out,
+            "sipis_connections_refused_total",
+            "Connections refused at accept, by the limit they hit.",
+            &[("limit", limit)],
+            get(v),
+        );
+    }
+    for r in CloseReason::ALL {
+        counter(
+            out,
+            "sipis_connections_closed_total",
+            "Connections closed, by reason.",
+            &[("reason", r.as_str())],
+            get(&m.closed[r.index()]),
+        );
+    }
+    counter(
+        out,
+        "sipis_tls_handshake_failures_total",
+        "TLS handshakes that failed (bad client hello, certificate refused).",
+        &[],
+        get(&m.tls_handshake_failures),
+    );
+    counter(
+        out,
+        "sipis_keepalive_pings_total",
+        "RFC 5626 CRLFCRLF keep-alive pings answered on connections.",
+        &[],
+        get(&m.pings),
+    );
+    counter(
+        out,
+        "sipis_stream_messages_total",
+        "SIP messages framed off TCP and TLS connections.",
+        &[],
+        get(&m.messages),
+    );
 }
