@@ -354,6 +354,8 @@ async fn flush(engine: &RefCell<Engine>, sock: &Sockets, sink: &dyn EventSink) {
                     started_unix: unix_at(started),
                     ended_unix: unix_at(ended),
                 }),
+                // wired by the TCP/TLS front
+                Event::FlowBound { .. } => {}
             }
         }
         while let Some(p) = e.poll_push() {
