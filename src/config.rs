@@ -2064,6 +2064,10 @@ fn convert(raw: RawFile, r: &mut Reader) -> Config {
                 .unwrap_or(d.calls.guard.max_block),
             ..d.calls.guard.clone()
         },
+        // Engine defaults until the lead maps `calls.flow_timer` and
+        // `calls.stream_answer_wait` (branch engine-flows).
+        flow_timer: d.calls.flow_timer,
+        stream_answer_wait: d.calls.stream_answer_wait,
     };
 
     let s = raw.push.unwrap_or_default();

@@ -804,6 +804,7 @@ fn calls_section_takes_every_key() {
                 max_block: Duration::from_secs(60),
                 ..sipis::engine::GuardConfig::default()
             },
+            ..CallConfig::default()
         }
     );
 }

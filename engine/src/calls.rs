@@ -8,7 +8,17 @@
 //!    Request-URI, or its AOR for an account in proxy mode): `100 Trying`,
 //!    the call goes into the pending-call map, and every push device of the
 //!    account is pushed (`incoming_call`: Call-ID, caller, callee). A device
-//!    whose TCP/TLS flow is open, or one without push, is INVITEd at once.
+//!    whose TCP/TLS flow is open, or one without push, is INVITEd at once
+//!    over its flow instead (a closed flow took its binding with it, so
+//!    such a device is pushed). **The frozen app**: a mobile OS may freeze
+//!    an app and keep its connection open; a connected push device whose
+//!    INVITE gets no provisional answer within `stream_answer_wait` is
+//!    pushed as well and from then on is a pushed device like any other
+//!    (step 2, the late wake). Its first leg stays: the thawed app may
+//!    answer there; if it REGISTERs over a new connection instead, it is
+//!    INVITEd there and the silent leg is cancelled (no second ringing). A
+//!    leg whose connection closes before the device answered ends the same
+//!    way: the device is pushed, and INVITEd wherever it registers next.
 //! 2. Once the push service accepted a push, the caller gets `180 Ringing`
 //!    with `X-Sipis-Push-Status: Push-Notification-Sent` (configurable).
 //! 3. The woken app REGISTERs (its readiness, [`crate::registrar`]); sipis
@@ -52,7 +62,7 @@ use crate::push::{Platform, Push, PushKind, PushOutcome, PushResult};
 use crate::registrar::Registrar;
 use crate::registration::AccountId;
 use crate::request::{begin_request, end_to_end, put_contact, reason_phrase};
-use crate::transaction::{Kind, TimerConfig, TxKey};
+use crate::transaction::{ClientEvent, Kind, TimerConfig, TxKey};
 use crate::transactions::{ServerId, Transactions, TxOwner};
 use crate::wheel::TimerHandle;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -138,6 +148,12 @@ pub(crate) struct Leg {
     pub state: LegState,
     pub dest: SocketAddr,
     pub flow: Flow,
+    /// The phone answered this INVITE (provisionally or finally).
+    pub heard: bool,
+    /// Its connection closed before a final answer.
+    pub lost: bool,
+    /// `stream_answer_wait` of a connected push device (the frozen app).
+    pub answer_wait: Option<TimerHandle>,
     /// sipis (UAC) ↔ the phone; its remote target follows the phone's
     /// Contact in 18x/2xx.
     pub dialog: Dialog,
@@ -168,6 +184,15 @@ impl Leg {
 
     fn live(&self) -> bool {
         self.state != LegState::Terminated
+    }
+
+    /// A leg that cannot reach its device any more, now that the device
+    /// is bound over `bound`: it went over another connection and either
+    /// lost it or never heard back on it (a frozen app that registered
+    /// anew elsewhere). Such a leg does not stop the device from being
+    /// INVITEd over its new flow.
+    fn stranded(&self, bound: Option<Flow>) -> bool {
+        self.flow.is_stream() && Some(self.flow) != bound && (self.lost || !self.heard)
     }
 }
 
@@ -224,8 +249,9 @@ pub(crate) struct Call {
     pub legs: Vec<Leg>,
     /// Devices pushed for this call.
     pub pushed: Vec<Box<str>>,
-    /// Devices that got a leg, or must not get a late wake.
-    pub reached: Vec<Box<str>>,
+    /// The call may push (step 7: not for `Replaces` or `Priority:
+    /// non-urgent`).
+    pub may_push: bool,
     pub pushes_pending: u32,
     pub push_ok: bool,
     pub created: Instant,
@@ -487,7 +513,7 @@ impl Calls {
             state: CallState::Waiting,
             legs: Vec::new(),
             pushed: Vec::new(),
-            reached: Vec::new(),
+            may_push,
             pushes_pending: 0,
             push_ok: false,
             created: now,
@@ -670,23 +696,37 @@ impl Calls {
             return;
         };
         let window = self.cfg.late_wake_window;
+        let bound = env
+            .devices
+            .device(account, device)
+            .and_then(|d| d.binding.as_ref())
+            .map(|b| b.flow);
         for c in calls {
             let Some(call) = self.calls.get_mut(c) else {
                 continue;
             };
             // Step 7: a device that already has a leg (repeated REGISTERs
-            // while waking) gets no second INVITE.
-            if call.legs.iter().any(|l| &*l.device == device && l.live())
-                || call.reached.iter().any(|d| &**d == device)
-            {
+            // while waking) gets no second INVITE — unless that leg is
+            // stranded on a connection the device left (the frozen app
+            // that woke on a new one, or a connection that closed).
+            let mine = || call.legs.iter().filter(|l| &*l.device == device);
+            if mine().any(|l| !l.stranded(bound)) {
                 continue;
             }
+            let stranded: Vec<usize> = (0..call.legs.len())
+                .filter(|&i| &*call.legs[i].device == device && call.legs[i].busy())
+                .collect();
             match call.state {
                 CallState::Waiting => {
                     if !call.timed.registered && call.pushed.iter().any(|d| &**d == device) {
                         call.timed.registered = true;
                         let created = call.created;
                         record(&mut self.latency.device_register, created, now);
+                    }
+                    // The silent INVITE on the old connection is withdrawn
+                    // (a thawing app must not ring for it too).
+                    for i in stranded {
+                        self.cancel_leg(env, now, c, i, None);
                     }
                     self.start_leg(env, now, c, device, LegKind::Call);
                 }
@@ -755,20 +795,40 @@ impl Calls {
             self.hosts.via_for(flow).as_bytes(),
             Method::Invite,
         );
+        // The frozen app: a connected push device that the call may push
+        // (and has not) gets `stream_answer_wait` to answer provisionally.
+        let pushable = env
+            .devices
+            .device(call.account, device)
+            .and_then(|d| d.push.as_ref())
+            .is_some_and(|p| p.platform().is_some());
         let call = &mut self.calls[c];
         let leg = call.legs.len();
+        let answer_wait = (kind == LegKind::Call
+            && flow.is_stream()
+            && pushable
+            && call.may_push
+            && !call.pushed.iter().any(|d| &**d == device))
+        .then(|| {
+            env.ctx.wheel.insert(
+                now + self.cfg.stream_answer_wait,
+                Timer::Call(c, gen, CallTimer::AnswerWait(leg as u16)),
+            )
+        });
         call.legs.push(Leg {
             device: device.into(),
             kind,
             state: LegState::Calling,
             dest,
             flow,
+            heard: false,
+            lost: false,
+            answer_wait,
             dialog,
             request_uri: target,
             branch: branch.into(),
             ack: None,
         });
-        call.reached.push(device.into());
         env.txs.start_client(
             env.ctx,
             now,
@@ -920,6 +980,9 @@ impl Calls {
         if code > 100 {
             l.dialog.update_from_response(msg);
         }
+        // Any answer, 100 Trying included, shows the app is running.
+        l.heard = true;
+        env.ctx.cancel(l.answer_wait.take());
         match code {
             100..=199 => {
                 match std::mem::replace(&mut l.state, LegState::Ringing) {
@@ -1229,19 +1292,66 @@ impl Calls {
         );
     }
 
-    /// A leg's INVITE got no answer at all (Timer B) or could not be sent.
-    pub fn leg_failed(&mut self, env: &mut Env<'_>, now: Instant, c: usize, gen: u64, leg: usize) {
+    /// A leg's INVITE got no answer at all (Timer B) or could not be sent
+    /// (`TransportError`: over a stream, its connection is gone).
+    #[allow(clippy::too_many_arguments)]
+    pub fn leg_failed(
+        &mut self,
+        env: &mut Env<'_>,
+        now: Instant,
+        c: usize,
+        gen: u64,
+        leg: usize,
+        ev: ClientEvent,
+    ) {
         let Some(call) = self.get_mut(c, gen) else {
             return;
         };
+        let waiting = call.state == CallState::Waiting;
+        let mut wake = None;
         if let Some(l) = call.legs.get_mut(leg) {
-            match std::mem::replace(&mut l.state, LegState::Terminated) {
+            env.ctx.cancel(l.answer_wait.take());
+            let before = std::mem::replace(&mut l.state, LegState::Terminated);
+            if l.flow.is_stream() && ev == ClientEvent::TransportError {
+                l.lost = true;
+                // A device that was still to answer lost its connection: it
+                // is woken by push (if it was not already) and INVITEd
+                // wherever it registers next (the leg is stranded).
+                if waiting
+                    && l.kind == LegKind::Call
+                    && matches!(before, LegState::Calling | LegState::Ringing)
+                {
+                    wake = Some(l.device.clone());
+                }
+            }
+            match before {
                 LegState::Answered => l.state = LegState::Answered,
                 LegState::CancelPending { guard, .. } => env.ctx.cancel(guard),
                 _ => {}
             }
         }
+        if let Some(device) = wake {
+            self.wake_device(env, now, c, &device);
+        }
         self.leg_ended(env, now, c);
+    }
+
+    /// Pushes a device that was reached over its connection after all (a
+    /// frozen app, or a connection that closed): from then on it is a
+    /// pushed device (the 180 with the push status, the late wake).
+    fn wake_device(&mut self, env: &mut Env<'_>, now: Instant, c: usize, device: &str) {
+        let call = &self.calls[c];
+        if call.state != CallState::Waiting
+            || !call.may_push
+            || call.pushed.iter().any(|d| &**d == device)
+        {
+            return;
+        }
+        let before = env.ctx.stats.pushes_requested;
+        self.push(env, now, c, device, PushKind::IncomingCall, None);
+        if env.ctx.stats.pushes_requested != before {
+            env.ctx.stats.stream_wakes += 1;
+        }
     }
 
     /// A leg of a waiting call ended without an answer: if `device_wait`
@@ -1521,6 +1631,7 @@ impl Calls {
         ctx.cancel(call.purge);
         ctx.cancel(call.up_retx.map(|r| r.timer));
         for l in call.legs {
+            ctx.cancel(l.answer_wait);
             if let LegState::CancelPending { guard, .. } = l.state {
                 ctx.cancel(guard);
             }
@@ -1579,6 +1690,19 @@ impl Calls {
                     *guard = None;
                     let reason = reason.take();
                     self.send_cancel(env, now, c, leg as usize, reason);
+                }
+            }
+            CallTimer::AnswerWait(leg) => {
+                let Some(l) = call.legs.get_mut(leg as usize) else {
+                    return;
+                };
+                l.answer_wait = None;
+                // Not a word from the app over its open connection: it may
+                // be frozen; a push thaws it (the leg stays, for the app to
+                // answer there once thawed).
+                if l.state == LegState::Calling && !l.heard {
+                    let device = l.device.clone();
+                    self.wake_device(env, now, c, &device);
                 }
             }
             CallTimer::Retransmit2xx => {
@@ -1823,6 +1947,7 @@ mod tests {
                 flow: Flow::Udp,
                 uri: Bytes::from_static(b"sip:alice@203.0.113.9:40000"),
                 expires: self.now + Duration::from_secs(600),
+                outbound: None,
             };
             self.registrar.bind_for_test(1, "iphone", binding);
             let now = self.now;
@@ -1833,6 +1958,39 @@ mod tests {
                 devices: &self.registrar,
             };
             self.calls.device_ready(&mut env, now, 1, "iphone");
+        }
+
+        /// The app registered over `flow` from `addr` (a connection of
+        /// the TCP/TLS front, say).
+        fn device_up_on(&mut self, flow: Flow, addr: &str) {
+            let binding = Binding {
+                addr: addr.parse().unwrap(),
+                flow,
+                uri: Bytes::from_static(b"sip:alice@203.0.113.9:40000;transport=tcp"),
+                expires: self.now + Duration::from_secs(600),
+                outbound: None,
+            };
+            self.registrar.bind_for_test(1, "iphone", binding);
+            let now = self.now;
+            let mut env = Env {
+                ctx: &mut self.ctx,
+                txs: &mut self.txs,
+                accounts: &self.accounts,
+                devices: &self.registrar,
+            };
+            self.calls.device_ready(&mut env, now, 1, "iphone");
+        }
+
+        /// Everything sent since the last call: (flow, first line, text).
+        fn sent_on(&mut self) -> Vec<(Flow, String, String)> {
+            self.ctx
+                .transmits
+                .drain(..)
+                .map(|t| {
+                    let text = String::from_utf8(t.payload.to_vec()).unwrap();
+                    (t.flow, text.lines().next().unwrap().to_owned(), text)
+                })
+                .collect()
         }
 
         /// The phone answers the leg's INVITE with `status`.
@@ -2071,5 +2229,127 @@ mod tests {
         assert!(sent[0]
             .1
             .contains("X-Sipis-Reason: Device-Not-Reachable\r\n"));
+    }
+
+    /// A connected device (TCP flow open) with push: INVITEd at once.
+    fn connected_call(b: &mut Bench) -> String {
+        b.device_up_on(Flow::Tcp(7), PHONE);
+        b.invite();
+        let sent = b.sent_on();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!(sent[0].1, "SIP/2.0 100 Trying");
+        assert_eq!(
+            (sent[1].0, sent[1].1.as_str()),
+            (
+                Flow::Tcp(7),
+                "INVITE sip:alice@203.0.113.9:40000;transport=tcp SIP/2.0"
+            )
+        );
+        assert!(b.calls.poll_push().is_none(), "connected: not pushed");
+        sent[1].2.clone()
+    }
+
+    #[test]
+    fn a_connected_device_silent_past_the_stream_answer_wait_is_pushed() {
+        let mut b = Bench::new();
+        connected_call(&mut b);
+        b.advance(Duration::from_millis(1900));
+        assert!(b.calls.poll_push().is_none(), "not before the wait");
+        b.advance(Duration::from_millis(200));
+        // A frozen app: pushed like any pushed device, and the caller
+        // hears it once the mediator accepted the push.
+        let push = b.answer_push(PushResult::Sent);
+        assert_eq!(
+            (push.kind, push.call_id.as_str(), push.token.as_str()),
+            (PushKind::IncomingCall, "call-1@pbx", "TOKEN1")
+        );
+        let sent = b.sent();
+        assert_eq!(status_lines(&sent), vec!["SIP/2.0 180 Ringing"]);
+        assert!(sent[0]
+            .1
+            .contains("X-Sipis-Push-Status: Push-Notification-Sent\r\n"));
+        assert_eq!(b.ctx.stats.stream_wakes, 1);
+        let call = &b.calls.calls[0];
+        assert_eq!(call.pushed, vec![Box::<str>::from("iphone")]);
+        // Its leg stays: the thawed app may answer there.
+        assert_eq!(call.legs.len(), 1);
+        assert_eq!(call.legs[0].state, LegState::Calling);
+    }
+
+    #[test]
+    fn a_connected_device_ringing_within_the_wait_is_not_pushed() {
+        let mut b = Bench::new();
+        let invite = connected_call(&mut b);
+        b.advance(Duration::from_millis(500));
+        b.leg_answers(0, "180 Ringing", &invite);
+        assert_eq!(status_lines(&b.sent()), vec!["SIP/2.0 180 Ringing"]);
+        b.advance(Duration::from_secs(5));
+        assert!(b.calls.poll_push().is_none());
+        assert_eq!(b.ctx.stats.pushes_requested, 0);
+        assert_eq!(b.ctx.stats.stream_wakes, 0);
+    }
+
+    #[test]
+    fn a_frozen_app_waking_on_a_new_connection_is_invited_there_and_the_old_leg_cancelled() {
+        let mut b = Bench::new();
+        connected_call(&mut b);
+        b.advance(Duration::from_millis(2100));
+        b.answer_push(PushResult::Sent);
+        b.sent();
+        // The woken app connects anew and registers over Tcp(9).
+        b.device_up_on(Flow::Tcp(9), "203.0.113.9:40100");
+        let sent = b.sent_on();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].0, Flow::Tcp(9));
+        assert!(sent[0].1.starts_with("INVITE "), "{}", sent[0].1);
+        assert!(sent[0].2.contains("Call-ID: call-1@pbx\r\n"));
+        // A second REGISTER over the new connection: no third INVITE.
+        b.device_up_on(Flow::Tcp(9), "203.0.113.9:40100");
+        assert!(b.sent_on().is_empty());
+        // The silent INVITE on the old connection is withdrawn (after the
+        // guard time, as nothing answered it), so a thawing app does not
+        // ring for it too.
+        assert!(matches!(
+            b.calls.calls[0].legs[0].state,
+            LegState::CancelPending { .. }
+        ));
+        b.advance(Duration::from_millis(1100));
+        let sent = b.sent_on();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(
+            (sent[0].0, sent[0].1.as_str()),
+            (
+                Flow::Tcp(7),
+                "CANCEL sip:alice@203.0.113.9:40000;transport=tcp SIP/2.0"
+            )
+        );
+        assert!(!sent[0].2.contains("Reason:"), "{}", sent[0].2);
+        let legs = &b.calls.calls[0].legs;
+        assert_eq!(legs.len(), 2);
+        assert_eq!(
+            (legs[1].flow, &legs[1].state),
+            (Flow::Tcp(9), &LegState::Calling)
+        );
+    }
+
+    #[test]
+    fn a_frozen_app_thawing_on_its_old_connection_answers_there() {
+        let mut b = Bench::new();
+        let invite = connected_call(&mut b);
+        b.advance(Duration::from_millis(2100));
+        b.answer_push(PushResult::Sent);
+        b.sent();
+        // The app thaws, refreshes its registration over the same
+        // connection, and answers the INVITE it had buffered.
+        b.device_up_on(Flow::Tcp(7), PHONE);
+        assert!(b.sent_on().is_empty(), "no second INVITE on the same flow");
+        b.leg_answers(0, "180 Ringing", &invite);
+        b.leg_answers(0, "200 OK", &invite);
+        let sent = b.sent();
+        assert_eq!(
+            status_lines(&sent),
+            vec!["SIP/2.0 180 Ringing", "SIP/2.0 200 OK"]
+        );
+        assert_eq!(b.calls.calls[0].state, CallState::Answered(0));
     }
 }

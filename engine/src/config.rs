@@ -104,6 +104,17 @@ pub struct CallConfig {
     pub max_calls: usize,
     /// How password guessing by phones is slowed.
     pub guard: crate::guard::GuardConfig,
+    /// RFC 5626 §4.4.1 / §5.4: the `Flow-Timer` sent in the 2xx of an
+    /// outbound REGISTER over TCP/TLS — the longest a phone may stay
+    /// silent (no CRLF keep-alive, no request) on its flow. The shell must
+    /// not close a registered connection idle for less than this (120 s,
+    /// the RFC's recommended default for connection-oriented transports).
+    pub flow_timer: Duration,
+    /// How long a device reached over its open TCP/TLS flow (INVITEd at
+    /// once, not pushed) may take to answer provisionally before it is
+    /// pushed after all: a mobile OS may freeze an app while its
+    /// connection stays open, and only a push thaws it (2 s).
+    pub stream_answer_wait: Duration,
 }
 
 impl Default for CallConfig {
@@ -120,6 +131,8 @@ impl Default for CallConfig {
             phone_digest_algorithms: vec![crate::digest::Algorithm::Md5],
             max_calls: 20_000,
             guard: crate::guard::GuardConfig::default(),
+            flow_timer: Duration::from_secs(120),
+            stream_answer_wait: Duration::from_secs(2),
         }
     }
 }

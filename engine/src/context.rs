@@ -28,7 +28,8 @@ pub(crate) enum Timer {
     Register(AccountId),
     /// The REGISTER rate limiter allows the next send.
     RateLimit,
-    /// A call's timer (device wait, purge, CANCEL guard, 2xx retransmission).
+    /// A call's timer (device wait, purge, CANCEL guard, 2xx
+    /// retransmission, a connected device's answer wait).
     Call(usize, u64, CallTimer),
 }
 
@@ -134,6 +135,10 @@ pub(crate) enum CallTimer {
     Guard(u16),
     /// The caller's leg's 2xx goes again (RFC 3261 §13.3.1.4).
     Retransmit2xx,
+    /// A leg INVITEd over an open TCP/TLS flow has had
+    /// `stream_answer_wait` to answer provisionally: if it has not, the
+    /// app may be frozen, and its device is pushed.
+    AnswerWait(u16),
 }
 
 /// The shard that wrote `branch` (its `-s<shard>` end), if it is one of

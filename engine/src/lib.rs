@@ -24,6 +24,7 @@
 //!   ├─ CANCEL, ACK, in-dialog ─▶ Calls (relay, late wake)
 //!   └─ OPTIONS / others ─▶ answered here
 //!  handle_timeout(now) ─ TimerWheel ─▶ Transactions / Accounts / Calls
+//!  handle_flow_closed(now, flow) ─▶ Registrar (bindings) / Transactions
 //!  handle_push_result(now, outcome) ─▶ Calls (and Registrar for dead tokens)
 //!        │
 //!        ▼ outputs, drained by the shell after every input
@@ -44,7 +45,9 @@
 //!   AOR, the REGISTER send queue and rate limiter; each account's
 //!   registration on behalf is a `registration::Registration`.
 //! - `registrar` — the phones' registrar: digest with the account's
-//!   credentials, RFC 8599 push devices and SIP bindings.
+//!   credentials, RFC 8599 push devices and SIP bindings, each on the flow
+//!   it came over (RFC 5626 outbound; a closed connection takes its
+//!   bindings with it).
 //! - `calls` — incoming calls: the pending-call map, pushes, legs to
 //!   woken devices (an explicit `LegState`), endings, and **the late wake**
 //!   (`calls` module doc; `Calls::device_ready` starts it, `cancel_leg`
@@ -74,6 +77,7 @@
 //!     engine.handle_datagram(now, from, flow, &bytes);   // a packet arrived
 //!     engine.handle_timeout(now);                        // a deadline passed
 //!     engine.handle_push_result(now, outcome);           // a push was answered
+//!     engine.handle_flow_closed(now, flow);              // a TCP/TLS connection went
 //!     engine.add_account(now, cfg, saved);               // provisioning
 //!     // 2. outputs, drained until empty after every input
 //!     while let Some(t) = engine.poll_transmit() { socket.send_to(&t.payload, t.dest) }
@@ -350,6 +354,27 @@ impl Engine {
         self.txs.server_transport_errors(&mut self.ctx, now, dest);
     }
 
+    /// A TCP/TLS connection of the front closed or failed. The SIP
+    /// bindings on it go at once (the push targets stay: the next call
+    /// pushes those devices instead of writing into a dead socket, RFC 8599
+    /// §4.1.2); its client transactions fail as on a transport error (a
+    /// call's leg over it ends, the call goes on with the other devices,
+    /// and a device that had not answered yet is pushed); its server
+    /// transactions are dropped quietly (nothing can be answered on it).
+    /// Cheap for any flow (a lookup per table when nothing is on it); a
+    /// UDP flow never closes and is ignored.
+    pub fn handle_flow_closed(&mut self, now: Instant, flow: Flow) {
+        if !flow.is_stream() {
+            return;
+        }
+        self.ctx.stats.flows_closed += 1;
+        let dropped = self.registrar.flow_closed(flow);
+        self.ctx.stats.flow_bindings_dropped += dropped as u64;
+        for (slot, ev) in self.txs.flow_closed(&mut self.ctx, now, flow) {
+            self.after_client(now, slot, ev);
+        }
+    }
+
     /// Deadlines up to `now` have passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some((_, t)) = self.ctx.wheel.poll_expired(now) {
@@ -603,7 +628,9 @@ impl Engine {
                     self.accounts
                         .on_failure(&mut self.ctx, &mut self.txs, now, id, error)
                 }
-                TxOwner::Leg(c, gen, leg) => self.calls.leg_failed(env!(self), now, c, gen, leg),
+                TxOwner::Leg(c, gen, leg) => {
+                    self.calls.leg_failed(env!(self), now, c, gen, leg, ev)
+                }
                 TxOwner::Relay(r) => self.calls.relay_failed(env!(self), now, r),
                 TxOwner::None => {}
             }
@@ -649,4 +676,31 @@ fn core_check(msg: &Message<'_, '_>) -> Option<(SipError, String)> {
     unsupported.peek()?;
     let tags = unsupported.collect::<Vec<_>>().join(", ");
     Some((SipError::BadExtension, tags))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(require: &str) -> Option<(SipError, String)> {
+        let req = format!(
+            "REGISTER sip:voip.example SIP/2.0\r\n\
+             Via: SIP/2.0/TCP 203.0.113.9:40000;branch=z9hG4bKr1\r\n\
+             From: <sip:alice@voip.example>;tag=ph1\r\nTo: <sip:alice@voip.example>\r\n\
+             Call-ID: reg-1@phone\r\nCSeq: 1 REGISTER\r\n{require}\
+             Contact: <sip:alice@10.0.0.5;transport=tcp>;+sip.instance=\"<urn:uuid:1>\";reg-id=1\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        let mut h = [EMPTY_HEADER; 32];
+        core_check(&parse(req.as_bytes(), &mut h).unwrap())
+    }
+
+    #[test]
+    fn outbound_and_path_are_honoured_in_require() {
+        assert!(check("").is_none());
+        assert!(check("Require: outbound\r\n").is_none());
+        assert!(check("Require: path, outbound\r\n").is_none());
+        let (e, tags) = check("Require: outbound, foo\r\n").unwrap();
+        assert_eq!((e.status(), tags.as_str()), (420, "foo"));
+    }
 }

@@ -95,6 +95,12 @@ pub enum Event {
     },
     /// A device is gone (explicit unregister, or its token is dead).
     DeviceRemoved { account: AccountId, device: String },
+    /// A device's SIP binding now lives on this connection (created on it,
+    /// or moved to it from another flow; a refresh over the same flow says
+    /// nothing): the connection carries a registration, so the shell keeps
+    /// it open past the idle timeout of unregistered connections. Only
+    /// stream flows ([`Flow::is_stream`]) are reported.
+    FlowBound { flow: Flow },
     /// A call's outcome is decided: one durable row per call.
     CallOutcome {
         account: AccountId,
@@ -147,4 +153,13 @@ pub struct Stats {
     /// Late-wake INVITEs sent, and those completed with CANCEL + 487.
     pub late_wakes: u64,
     pub late_wakes_completed: u64,
+    /// Devices with an open TCP/TLS flow pushed during a call after all:
+    /// their INVITE got no provisional answer within
+    /// [`CallConfig::stream_answer_wait`](crate::CallConfig) (a frozen
+    /// app), or their connection closed before they answered.
+    pub stream_wakes: u64,
+    /// TCP/TLS flows reported closed, and the SIP bindings that went with
+    /// them.
+    pub flows_closed: u64,
+    pub flow_bindings_dropped: u64,
 }

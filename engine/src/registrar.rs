@@ -13,6 +13,25 @@
 //! A REGISTER is accepted only after a digest challenge with the account's
 //! credentials (realm [`CallConfig::phone_realm`] for a password account,
 //! the AOR's host for an HA1 account): nobody may hijack someone's calls.
+//!
+//! ## Flows (RFC 5626)
+//!
+//! A binding remembers the flow its REGISTER came on: over TCP/TLS that is
+//! the phone's connection, the only way back through its NAT. When the
+//! shell reports the connection closed ([`Registrar::flow_closed`]) every
+//! binding on it goes at once — the push target stays — so the next call
+//! pushes the device instead of writing into a dead socket. A binding
+//! created on a connection, or moved to one, is reported as
+//! [`Event::FlowBound`] so the shell keeps that connection open.
+//!
+//! A phone that supports outbound (`Supported: outbound`, a Contact with
+//! `+sip.instance` and `reg-id`) and reaches sipis directly (one Via: sipis
+//! is its first hop, RFC 5626 §6) over TCP/TLS gets `Require: outbound` and
+//! `Flow-Timer` ([`CallConfig::flow_timer`]) in its 2xx. Over UDP outbound
+//! is not offered: its keep-alives are STUN (§4.4.2), which sipis does not
+//! answer. A device is its instance (or its push identity), so a REGISTER
+//! of the same instance from another flow moves the device's binding
+//! there; a device keeps one binding, on the flow it registered over last.
 
 use crate::accounts::aor_key;
 use crate::accounts::Accounts;
@@ -77,6 +96,9 @@ pub(crate) struct Binding {
     /// INVITE to the phone.
     pub uri: Bytes,
     pub expires: Instant,
+    /// RFC 5626: the `+sip.instance` and `reg-id` of a binding registered
+    /// with outbound (echoed in the 2xx's Contact).
+    pub outbound: Option<(Box<str>, u32)>,
 }
 
 /// A device as the shell and tests see it.
@@ -143,6 +165,19 @@ struct ContactReq {
     expires: u32,
     push: Option<PushTarget>,
     instance: Option<String>,
+    /// RFC 5626 `reg-id`, kept only beside a `+sip.instance` (§6: without
+    /// an instance the registrar ignores it).
+    reg_id: Option<u32>,
+}
+
+/// What applying a REGISTER's contacts did.
+struct Bound {
+    /// The devices up afterwards.
+    woke: Vec<Box<str>>,
+    /// A binding was created on the request's stream flow or moved to it.
+    flow_bound: bool,
+    /// A binding was registered with outbound (RFC 5626 §6).
+    outbound: bool,
 }
 
 /// The name of a device registered over SIP: its `+sip.instance` (without
@@ -193,6 +228,10 @@ fn device_name(c: &ContactReq) -> String {
 pub(crate) struct Registrar {
     cfg: CallConfig,
     devices: HashMap<AccountId, Vec<Device>>,
+    /// The devices bound over each TCP/TLS flow, so a closed connection
+    /// costs only its own bindings. An entry may outlive its binding (it
+    /// expired, or its device went): it is checked when the flow closes.
+    by_flow: HashMap<Flow, Vec<(AccountId, Box<str>)>>,
     verifier: NonceVerifier,
     /// Failed answers by source and AOR: guessing is slowed.
     guard: Guard,
@@ -210,6 +249,7 @@ impl Registrar {
         Registrar {
             cfg,
             devices: HashMap::new(),
+            by_flow: HashMap::new(),
             verifier: NonceVerifier::new(
                 nonce_key,
                 now,
@@ -269,6 +309,11 @@ impl Registrar {
             return false;
         };
         let before = devices.len();
+        for d in devices.iter().filter(|d| &*d.name == name) {
+            if let Some(b) = &d.binding {
+                unindex(&mut self.by_flow, b.flow, account, name);
+            }
+        }
         devices.retain(|d| &*d.name != name);
         let removed = devices.len() != before;
         if devices.is_empty() {
@@ -279,12 +324,52 @@ impl Registrar {
 
     /// Forgets every device of an account that is gone.
     pub fn forget(&mut self, account: AccountId) {
-        self.devices.remove(&account);
+        for d in self.devices.remove(&account).unwrap_or_default() {
+            if let Some(b) = &d.binding {
+                unindex(&mut self.by_flow, b.flow, account, &d.name);
+            }
+        }
+    }
+
+    /// A TCP/TLS connection closed or failed: every SIP binding on it goes
+    /// (push targets stay, RFC 8599 §4.1.2: the next call pushes), and a
+    /// device that was nothing but that binding goes with it. Returns how
+    /// many bindings went; an unknown flow costs one lookup.
+    pub fn flow_closed(&mut self, flow: Flow) -> usize {
+        let Some(bound) = self.by_flow.remove(&flow) else {
+            return 0;
+        };
+        let mut dropped = 0;
+        for (account, name) in bound {
+            let Some(devices) = self.devices.get_mut(&account) else {
+                continue;
+            };
+            let Some(i) = devices.iter().position(|d| d.name == name) else {
+                continue;
+            };
+            if devices[i].binding.as_ref().is_some_and(|b| b.flow == flow) {
+                dropped += 1;
+                devices[i].binding = None;
+                if devices[i].push.is_none() {
+                    devices.remove(i);
+                    if devices.is_empty() {
+                        self.devices.remove(&account);
+                    }
+                }
+            }
+        }
+        dropped
     }
 
     /// Binds a device as a REGISTER would (tests of the other parts).
     #[cfg(test)]
     pub fn bind_for_test(&mut self, account: AccountId, name: &str, binding: Binding) {
+        if binding.flow.is_stream() {
+            self.by_flow
+                .entry(binding.flow)
+                .or_default()
+                .push((account, name.into()));
+        }
         let devices = self.devices.entry(account).or_default();
         match devices.iter_mut().find(|d| &*d.name == name) {
             Some(d) => d.binding = Some(binding),
@@ -385,7 +470,15 @@ impl Registrar {
                 return None;
             }
         };
-        let woke = self.bind(ctx, id, now, from, flow, &reqs);
+        // RFC 5626 §6: outbound for a phone that supports it and reaches
+        // sipis directly (it is the first hop: one Via); over TCP/TLS only,
+        // as sipis answers no STUN keep-alives (§4.4.2, UDP).
+        let outbound =
+            flow.is_stream() && msg.supported().contains("outbound") && msg.vias().count() == 1;
+        let bound = self.bind(ctx, id, now, from, flow, &reqs, outbound);
+        if bound.flow_bound {
+            ctx.events.push_back(Event::FlowBound { flow });
+        }
 
         // 200 OK listing every live binding (§10.3 step 8) and, RFC 8599
         // §4.1.2, the push services sipis supports.
@@ -398,6 +491,12 @@ impl Registrar {
                 v.extend_from_slice(&b.uri);
                 v.extend_from_slice(b">;expires=");
                 parser::put_u32(&mut v, left);
+                if let Some((instance, reg_id)) = &b.outbound {
+                    v.extend_from_slice(b";+sip.instance=\"<");
+                    v.extend_from_slice(instance.as_bytes());
+                    v.extend_from_slice(b">\";reg-id=");
+                    parser::put_u32(&mut v, *reg_id);
+                }
                 contacts.push(v.freeze());
             }
         }
@@ -406,7 +505,14 @@ impl Registrar {
             .iter()
             .find_map(|r| r.push.as_ref().map(|p| p.provider.clone()));
         let pnsreg = self.cfg.pnsreg;
+        let flow_timer = self.cfg.flow_timer.as_secs() as u32;
         txs.reply(ctx, now, slot, msg, 200, "OK", |w| {
+            if bound.outbound {
+                // RFC 5626 §6: the registrar used outbound; §4.4.1: the
+                // keep-alive interval it expects on the flow.
+                w.header("Require", b"outbound");
+                w.header_u32("Flow-Timer", flow_timer.max(1));
+            }
             for c in &contacts {
                 w.header("Contact", c);
             }
@@ -420,7 +526,7 @@ impl Registrar {
                 });
             }
         });
-        Some((id, woke))
+        Some((id, bound.woke))
     }
 
     /// RFC 3261 §22: challenge first, nothing is bound before the
@@ -480,7 +586,8 @@ impl Registrar {
     }
 
     /// Applies an authenticated REGISTER's contacts (RFC 3261 §10.3 step
-    /// 8): the devices that are up afterwards.
+    /// 8); `outbound`: the request may register with RFC 5626 outbound.
+    #[allow(clippy::too_many_arguments)]
     fn bind(
         &mut self,
         ctx: &mut Context,
@@ -489,15 +596,23 @@ impl Registrar {
         from: SocketAddr,
         flow: Flow,
         reqs: &ContactRequests,
-    ) -> Vec<Box<str>> {
+        outbound: bool,
+    ) -> Bound {
         let max = self.cfg.phone_max_expires;
+        let by_flow = &mut self.by_flow;
         let devices = self.devices.entry(id).or_default();
-        let mut woke = Vec::new();
+        let mut bound = Bound {
+            woke: Vec::new(),
+            flow_bound: false,
+            outbound: false,
+        };
         if reqs.wildcard {
             // Contact: * with Expires: 0 — every SIP binding goes; the push
             // targets stay (the app logged out of SIP, not of pushes).
             for d in devices.iter_mut() {
-                d.binding = None;
+                if let Some(b) = d.binding.take() {
+                    unindex(by_flow, b.flow, id, &d.name);
+                }
             }
         }
         for r in &reqs.contacts {
@@ -513,6 +628,9 @@ impl Registrar {
                 // An explicit unregister: the device is gone (logout).
                 if let Some(i) = idx {
                     let d = devices.remove(i);
+                    if let Some(b) = &d.binding {
+                        unindex(by_flow, b.flow, id, &d.name);
+                    }
                     if d.push.is_some() {
                         ctx.events.push_back(Event::DeviceRemoved {
                             account: id,
@@ -523,23 +641,35 @@ impl Registrar {
                 continue;
             }
             let granted = r.expires.min(max);
+            let ob = r
+                .instance
+                .as_deref()
+                .zip(r.reg_id)
+                .filter(|_| outbound)
+                .map(|(i, reg_id)| (i.into(), reg_id));
+            bound.outbound |= ob.is_some();
             let binding = Binding {
                 addr: from,
                 flow,
                 uri: r.uri.clone(),
                 expires: now + Duration::from_secs(u64::from(granted)),
+                outbound: ob,
             };
             // Only a new or changed push target is written to the store: a
             // woken phone's every REGISTER must not cost a database write.
-            let (i, changed) = match idx {
+            let (i, changed, moved) = match idx {
                 Some(i) => {
                     let d = &mut devices[i];
                     let changed = r.push.is_some() && d.push != r.push;
                     if changed {
                         d.push = r.push.clone();
                     }
-                    d.binding = Some(binding);
-                    (i, changed)
+                    let old = d.binding.replace(binding);
+                    let moved = old.as_ref().map(|b| b.flow) != Some(flow);
+                    if let Some(old) = old.filter(|_| moved) {
+                        unindex(by_flow, old.flow, id, &d.name);
+                    }
+                    (i, changed, moved)
                 }
                 None => {
                     devices.push(Device {
@@ -547,9 +677,18 @@ impl Registrar {
                         push: r.push.clone(),
                         binding: Some(binding),
                     });
-                    (devices.len() - 1, true)
+                    (devices.len() - 1, true, true)
                 }
             };
+            if moved && flow.is_stream() {
+                // Created on this connection or moved to it (a refresh
+                // over the same one is not news for the shell).
+                by_flow
+                    .entry(flow)
+                    .or_default()
+                    .push((id, devices[i].name.clone()));
+                bound.flow_bound = true;
+            }
             let d = &devices[i];
             if let Some(p) = d.push.as_ref().filter(|_| changed) {
                 ctx.events.push_back(Event::DeviceSaved {
@@ -560,12 +699,30 @@ impl Registrar {
                     param: p.param.as_deref().map(str::to_owned),
                 });
             }
-            woke.push(d.name.clone());
+            bound.woke.push(d.name.clone());
         }
         if devices.is_empty() {
             self.devices.remove(&id);
         }
-        woke
+        bound
+    }
+}
+
+/// Forgets that `account`'s device `name` is bound over `flow`.
+fn unindex(
+    by_flow: &mut HashMap<Flow, Vec<(AccountId, Box<str>)>>,
+    flow: Flow,
+    account: AccountId,
+    name: &str,
+) {
+    if !flow.is_stream() {
+        return;
+    }
+    if let Some(list) = by_flow.get_mut(&flow) {
+        list.retain(|(a, n)| !(*a == account && &**n == name));
+        if list.is_empty() {
+            by_flow.remove(&flow);
+        }
     }
 }
 
@@ -623,13 +780,21 @@ fn contact_requests(msg: &Message<'_, '_>, cfg: &CallConfig) -> Result<ContactRe
         };
         let mut uri = BytesMut::new();
         parser::write_uri(&mut uri, &na.uri, |p| !is_push_param(p.name));
+        let instance = c
+            .instance()
+            .map(|i| String::from_utf8_lossy(i).into_owned());
+        // RFC 5626 §6: a reg-id without a +sip.instance is ignored.
+        let reg_id = match c.reg_id().filter(|_| instance.is_some()) {
+            Some(Ok(id)) => Some(id),
+            Some(Err(_)) => return Err(SipError::BadContact),
+            None => None,
+        };
         contacts.push(ContactReq {
             uri: uri.freeze(),
             expires,
             push,
-            instance: c
-                .instance()
-                .map(|i| String::from_utf8_lossy(i).into_owned()),
+            instance,
+            reg_id,
         });
     }
     if wildcard && (!contacts.is_empty() || default_expires != 0) {
@@ -661,6 +826,12 @@ mod tests {
         registrar: Registrar,
         now: Instant,
         cseq: u32,
+        /// The flow the next REGISTER arrives on.
+        flow: Flow,
+        /// Headers added to the next REGISTER (`Supported: outbound`).
+        extra: String,
+        /// Vias above the phone's own (a proxy in between).
+        proxies: String,
     }
 
     const PHONE: &str = "203.0.113.9:40000";
@@ -691,6 +862,9 @@ mod tests {
                 registrar: Registrar::new(CallConfig::default(), [7; 32], now),
                 now,
                 cseq: 0,
+                flow: Flow::Udp,
+                extra: String::new(),
+                proxies: String::new(),
             }
         }
 
@@ -705,13 +879,17 @@ mod tests {
             self.cseq += 1;
             let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
             let req = format!(
-                "REGISTER sip:voip.example SIP/2.0\r\n\
-                 Via: SIP/2.0/UDP {PHONE};branch=z9hG4bKr{}\r\n\
+                "REGISTER sip:voip.example SIP/2.0\r\n{}\
+                 Via: SIP/2.0/{} {PHONE};branch=z9hG4bKr{}\r\n\
                  From: <sip:{user}@voip.example>;tag=ph1\r\n\
                  To: <sip:{user}@voip.example>\r\n\
-                 Call-ID: reg-1@phone\r\nCSeq: {} REGISTER\r\n\
+                 Call-ID: reg-1@phone\r\nCSeq: {} REGISTER\r\n{}\
                  Contact: {contact}\r\n{auth}Content-Length: 0\r\n\r\n",
-                self.cseq, self.cseq
+                self.proxies,
+                self.flow.transport(),
+                self.cseq,
+                self.cseq,
+                self.extra,
             );
             let mut h = [EMPTY_HEADER; 32];
             let msg = parse(req.as_bytes(), &mut h).unwrap();
@@ -723,7 +901,7 @@ mod tests {
                 key,
                 Kind::NonInvite,
                 from,
-                Flow::Udp,
+                self.flow,
             );
             let up = self.registrar.register(
                 &mut self.ctx,
@@ -731,7 +909,7 @@ mod tests {
                 &self.accounts,
                 self.now,
                 from,
-                Flow::Udp,
+                self.flow,
                 &msg,
                 slot,
             );
@@ -871,5 +1049,133 @@ mod tests {
         assert!(
             matches!(b.ctx.events.back(), Some(Event::DeviceRemoved { device, .. }) if *device == *first)
         );
+    }
+
+    /// An outbound contact (RFC 5626 §4.2): instance and reg-id.
+    const OB_CONTACT: &str = "<sip:alice@10.0.0.5:5060;transport=tcp;pn-provider=apns;pn-prid=TOKEN1;pn-param=ABCDE12345.com.example.voip>;+sip.instance=\"<urn:uuid:0000-1>\";reg-id=1";
+
+    fn flows_bound(b: &mut Bench) -> Vec<Flow> {
+        b.ctx
+            .events
+            .drain(..)
+            .filter_map(|e| match e {
+                Event::FlowBound { flow } => Some(flow),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn outbound_register_over_tcp_gets_require_and_flow_timer_and_moves_with_its_flow() {
+        let mut b = Bench::new();
+        b.flow = Flow::Tcp(7);
+        b.extra = "Supported: path, outbound\r\n".into();
+        let (ok, up) = b.authed(OB_CONTACT);
+        assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
+        // RFC 5626 §6: outbound used; §4.4.1: the keep-alive interval.
+        assert!(ok.contains("Require: outbound\r\n"), "{ok}");
+        assert!(ok.contains("Flow-Timer: 120\r\n"), "{ok}");
+        assert!(
+            ok.contains(
+                "Contact: <sip:alice@10.0.0.5:5060;transport=tcp>;expires=3600;\
+                 +sip.instance=\"<urn:uuid:0000-1>\";reg-id=1\r\n"
+            ),
+            "{ok}"
+        );
+        let name = up.unwrap().1[0].clone();
+        assert_eq!(&*name, "uuid:0000-1");
+        assert_eq!(flows_bound(&mut b), vec![Flow::Tcp(7)]);
+        // A refresh over the same connection is no news for the shell.
+        let (ok, _) = b.authed(OB_CONTACT);
+        assert!(ok.contains("Require: outbound\r\n"), "{ok}");
+        assert!(flows_bound(&mut b).is_empty());
+        // The same instance and reg-id from another connection: the
+        // device's binding moves there.
+        b.flow = Flow::Tls(9);
+        let (ok, _) = b.authed(OB_CONTACT);
+        assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
+        assert_eq!(flows_bound(&mut b), vec![Flow::Tls(9)]);
+        assert_eq!(b.registrar.of(1).len(), 1);
+        let d = b.registrar.device(1, &name).unwrap();
+        assert_eq!(d.binding.as_ref().unwrap().flow, Flow::Tls(9));
+        // The old connection closing takes nothing with it; the new one's
+        // takes the binding, and the push target stays.
+        assert_eq!(b.registrar.flow_closed(Flow::Tcp(7)), 0);
+        assert!(b.registrar.device(1, &name).unwrap().is_registered(b.now));
+        assert_eq!(b.registrar.flow_closed(Flow::Tls(9)), 1);
+        let d = b.registrar.device(1, &name).unwrap();
+        assert!(d.binding.is_none() && d.push.is_some());
+        assert_eq!(b.registrar.flow_closed(Flow::Tls(9)), 0, "closed twice");
+        assert_eq!(b.registrar.flow_closed(Flow::Tcp(12345)), 0, "unknown");
+        assert!(b.registrar.by_flow.is_empty());
+    }
+
+    #[test]
+    fn outbound_is_not_offered_without_instance_support_udp_or_first_hop() {
+        let mut b = Bench::new();
+        b.extra = "Supported: outbound\r\n".into();
+        // Over UDP (sipis answers no STUN keep-alives).
+        let (ok, _) = b.authed(OB_CONTACT);
+        assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
+        assert!(
+            !ok.contains("outbound") && !ok.contains("Flow-Timer"),
+            "{ok}"
+        );
+        assert!(!ok.contains("reg-id"), "{ok}");
+        b.flow = Flow::Tcp(7);
+        // RFC 5626 §6: a reg-id without +sip.instance is ignored.
+        let bare = "<sip:alice@10.0.0.6:5060;transport=tcp>;reg-id=1";
+        let (ok, _) = b.authed(bare);
+        assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
+        assert!(
+            !ok.contains("Require:") && !ok.contains("Flow-Timer"),
+            "{ok}"
+        );
+        // No `Supported: outbound`.
+        b.extra.clear();
+        let (ok, _) = b.authed(OB_CONTACT);
+        assert!(
+            !ok.contains("Require:") && !ok.contains("Flow-Timer"),
+            "{ok}"
+        );
+        // Through a proxy sipis is not the first hop.
+        b.extra = "Supported: outbound\r\n".into();
+        b.proxies = "Via: SIP/2.0/TCP proxy.example;branch=z9hG4bKp1\r\n".into();
+        let (ok, _) = b.authed(OB_CONTACT);
+        assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
+        assert!(
+            !ok.contains("Require:") && !ok.contains("Flow-Timer"),
+            "{ok}"
+        );
+        // A reg-id that is no number is a bad Contact.
+        b.proxies.clear();
+        let (resp, _) = b.authed(&OB_CONTACT.replace("reg-id=1", "reg-id=x"));
+        assert!(resp.starts_with("SIP/2.0 400 "), "{resp}");
+    }
+
+    #[test]
+    fn a_closed_connection_drops_only_its_own_bindings() {
+        let mut b = Bench::new();
+        b.flow = Flow::Tcp(7);
+        let (_, up) = b.authed(APNS_CONTACT);
+        let iphone = up.unwrap().1[0].clone();
+        // A device without push over the same connection, one over UDP.
+        let (_, up) = b.authed("<sip:alice@10.0.0.7:5060;transport=tcp>");
+        let desk = up.unwrap().1[0].clone();
+        b.flow = Flow::SharedUdp;
+        let udp = APNS_CONTACT
+            .replace("TOKEN1", "TOKEN2")
+            .replace("0000-1", "0000-2");
+        let (_, up) = b.authed(&udp);
+        let ipad = up.unwrap().1[0].clone();
+        assert_eq!(flows_bound(&mut b), vec![Flow::Tcp(7), Flow::Tcp(7)]);
+        assert_eq!(b.registrar.flow_closed(Flow::Udp), 0);
+        assert_eq!(b.registrar.flow_closed(Flow::Tcp(7)), 2);
+        // The push device stays (unbound), the SIP-only one is gone, the
+        // UDP one is untouched.
+        let d = b.registrar.device(1, &iphone).unwrap();
+        assert!(d.binding.is_none() && d.push.is_some());
+        assert!(b.registrar.device(1, &desk).is_none());
+        assert!(b.registrar.device(1, &ipad).unwrap().is_registered(b.now));
     }
 }

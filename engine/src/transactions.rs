@@ -63,6 +63,28 @@ struct ServerEntry {
     generation: u64,
 }
 
+/// A transaction on a stream flow: client or server, slot, generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnFlow {
+    Client(usize, u64),
+    Server(usize, u64),
+}
+
+/// Notes (or forgets) a transaction on a stream flow.
+fn index(by_flow: &mut HashMap<Flow, Vec<OnFlow>>, flow: Flow, tx: OnFlow, add: bool) {
+    if !flow.is_stream() {
+        return;
+    }
+    if add {
+        by_flow.entry(flow).or_default().push(tx);
+    } else if let Some(list) = by_flow.get_mut(&flow) {
+        list.retain(|t| *t != tx);
+        if list.is_empty() {
+            by_flow.remove(&flow);
+        }
+    }
+}
+
 /// The transaction tables of one shard.
 pub(crate) struct Transactions {
     timers: TimerConfig,
@@ -70,6 +92,9 @@ pub(crate) struct Transactions {
     client_keys: HashMap<TxKey, usize>,
     servers: Slab<ServerEntry>,
     server_keys: HashMap<TxKey, usize>,
+    /// The transactions on each TCP/TLS flow, so a closed connection costs
+    /// only its own transactions.
+    by_flow: HashMap<Flow, Vec<OnFlow>>,
     /// Microseconds from sending a request to its final response.
     latency: Histogram<u64>,
 }
@@ -82,6 +107,7 @@ impl Transactions {
             client_keys: HashMap::new(),
             servers: Slab::new(),
             server_keys: HashMap::new(),
+            by_flow: HashMap::new(),
             latency: Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds"),
         }
     }
@@ -140,6 +166,12 @@ impl Transactions {
             generation,
         });
         self.client_keys.insert(key, slot);
+        index(
+            &mut self.by_flow,
+            flow,
+            OnFlow::Client(slot, generation),
+            true,
+        );
         self.flush_client(ctx, slot);
         // A transaction cannot end as it starts: nothing to report.
         let _ = self.settle_client(ctx, slot);
@@ -215,6 +247,48 @@ impl Transactions {
             .collect()
     }
 
+    /// A TCP/TLS connection closed: its client transactions fail as on a
+    /// transport error (RFC 3261 §17.1.4), returned as (slot, event) for
+    /// their owners; its server transactions are dropped quietly, as
+    /// nothing can be sent on that flow any more. Costs one lookup for a
+    /// flow without transactions.
+    pub fn flow_closed(
+        &mut self,
+        ctx: &mut Context,
+        now: Instant,
+        flow: Flow,
+    ) -> Vec<(usize, Option<ClientEvent>)> {
+        let Some(list) = self.by_flow.remove(&flow) else {
+            return Vec::new();
+        };
+        let mut failed = Vec::new();
+        for tx in list {
+            match tx {
+                OnFlow::Client(slot, generation) => {
+                    if let Some(c) = self
+                        .clients
+                        .get_mut(slot)
+                        .filter(|c| c.generation == generation && c.flow == flow)
+                    {
+                        failed.push((slot, c.tx.handle_transport_error(now)));
+                    }
+                }
+                OnFlow::Server(slot, generation) => {
+                    if self
+                        .servers
+                        .get(slot)
+                        .is_some_and(|s| s.generation == generation && s.flow == flow)
+                    {
+                        let s = self.servers.remove(slot);
+                        self.server_keys.remove(&s.key);
+                        ctx.cancel(s.timer);
+                    }
+                }
+            }
+        }
+        failed
+    }
+
     /// Sends what a client transaction wants sent; its owner, or `None`
     /// when the slot is empty.
     pub fn flush_client(&mut self, ctx: &mut Context, slot: usize) -> Option<TxOwner> {
@@ -236,6 +310,12 @@ impl Transactions {
         if c.tx.is_terminated() {
             let c = self.clients.remove(slot);
             self.client_keys.remove(&c.key);
+            index(
+                &mut self.by_flow,
+                c.flow,
+                OnFlow::Client(slot, c.generation),
+                false,
+            );
             ctx.cancel(c.timer);
             return Some(c.owner);
         }
@@ -286,6 +366,12 @@ impl Transactions {
             generation,
         });
         self.server_keys.insert(key, slot);
+        index(
+            &mut self.by_flow,
+            flow,
+            OnFlow::Server(slot, generation),
+            true,
+        );
         slot
     }
 
@@ -413,6 +499,12 @@ impl Transactions {
         if s.tx.is_terminated() {
             let s = self.servers.remove(slot);
             self.server_keys.remove(&s.key);
+            index(
+                &mut self.by_flow,
+                s.flow,
+                OnFlow::Server(slot, s.generation),
+                false,
+            );
             ctx.cancel(s.timer);
             return;
         }
@@ -668,5 +760,61 @@ mod tests {
         assert_eq!(ended, Some(TxOwner::Register(7)));
         assert!(ctx.transmits.len() > 5, "Timer E retransmissions");
         assert_eq!(txs.counts(), (0, 0));
+    }
+
+    #[test]
+    fn a_closed_flow_fails_its_client_transactions_and_drops_its_server_ones() {
+        let t0 = Instant::now();
+        let mut ctx = Context::new(1, t0);
+        let mut txs = Transactions::new(TimerConfig::default());
+        let mut client = |txs: &mut Transactions, branch: &[u8], flow: Flow| {
+            let key = TxKey::for_request(branch, b"sipis.example:5060", Method::Invite);
+            let owner = TxOwner::Leg(0, 1, branch.len());
+            txs.start_client(
+                &mut ctx,
+                t0,
+                Bytes::from_static(OPTIONS),
+                key,
+                peer(),
+                flow,
+                Kind::Invite,
+                owner,
+            )
+        };
+        let on_tcp = client(&mut txs, b"z9hG4bKt1", Flow::Tcp(7));
+        let on_udp = client(&mut txs, b"z9hG4bKu1", Flow::SharedUdp);
+        let mut h = [EMPTY_HEADER; 16];
+        let msg = parse(OPTIONS, &mut h).unwrap();
+        let key = TxKey::server(&msg).unwrap();
+        let server = txs.open_server(&mut ctx, t0, key, Kind::NonInvite, peer(), Flow::Tcp(7));
+        ctx.transmits.clear();
+        assert_eq!(txs.counts(), (2, 1));
+        // Nothing on another connection, nothing for UDP.
+        assert!(txs.flow_closed(&mut ctx, t0, Flow::Tcp(8)).is_empty());
+        assert!(txs.flow_closed(&mut ctx, t0, Flow::Tls(7)).is_empty());
+        let failed = txs.flow_closed(&mut ctx, t0, Flow::Tcp(7));
+        assert_eq!(failed, vec![(on_tcp, Some(ClientEvent::TransportError))]);
+        // The server transaction went quietly: nothing sent, and an answer
+        // for it now goes nowhere.
+        assert_eq!(txs.counts(), (2, 0));
+        txs.reply_error(&mut ctx, t0, server, &msg, SipError::NotImplemented);
+        assert!(ctx.transmits.is_empty());
+        // The failed client transaction is removed by its settling; the
+        // UDP one runs on.
+        assert_eq!(
+            txs.flush_client(&mut ctx, on_tcp),
+            Some(TxOwner::Leg(0, 1, 9))
+        );
+        assert_eq!(
+            txs.settle_client(&mut ctx, on_tcp),
+            Some(TxOwner::Leg(0, 1, 9))
+        );
+        assert_eq!(txs.counts(), (1, 0));
+        assert!(txs.by_flow.is_empty());
+        assert!(txs.settle_client(&mut ctx, on_udp).is_none());
+        assert!(
+            txs.flow_closed(&mut ctx, t0, Flow::Tcp(7)).is_empty(),
+            "twice"
+        );
     }
 }

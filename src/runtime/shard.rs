@@ -269,7 +269,7 @@ impl Shell {
                 }
                 return;
             }
-            Hop::Closed { flow } => flow_closed(&mut self.engine.borrow_mut(), now, flow),
+            Hop::Closed { flow } => self.engine.borrow_mut().handle_flow_closed(now, flow),
             Hop::Bound { conn } => {
                 if let Some(c) = self.conns.borrow().get(&conn) {
                     c.registered.set(true);
@@ -421,7 +421,10 @@ async fn conn_task(shell: Rc<Shell>, conn: Rc<Conn>, mut stream: TcpStream) {
             continue;
         }
         if i == shell.id {
-            flow_closed(&mut shell.engine.borrow_mut(), Instant::now(), conn.flow);
+            shell
+                .engine
+                .borrow_mut()
+                .handle_flow_closed(Instant::now(), conn.flow);
             flush(&shell).await;
         } else if let Some(tx) = &shell.senders {
             // Awaited: the owner must hear of it (its receiving task never
@@ -581,7 +584,7 @@ async fn flush(shell: &Shell) {
         let now = Instant::now();
         let mut e = shell.engine.borrow_mut();
         for f in gone {
-            flow_closed(&mut e, now, f);
+            e.handle_flow_closed(now, f);
         }
     }
     shell.spare.borrow_mut().push(out);
@@ -591,7 +594,7 @@ fn handle_event(shell: &Shell, sink: &dyn EventSink, ev: Event) {
     match ev {
         Event::SaveRegistration { account, saved } => sink.save_registration(account, saved),
         Event::Registration { .. } | Event::ParseError { .. } => {}
-        // TEMPFLOW Event::FlowBound { flow } => shell.mark_bound(flow),
+        Event::FlowBound { flow } => shell.mark_bound(flow),
         Event::DeviceSaved {
             account,
             device,
@@ -693,7 +696,3 @@ fn unix_at(at: Instant) -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-// TEMPFLOW: until the engine's handle_flow_closed lands.
-fn flow_closed(e: &mut Engine, now: Instant, flow: Flow) {
-    let _ = (e, now, flow);
-}
