@@ -1154,6 +1154,8 @@ struct RawCalls {
     auth_failures_per_account: V,
     auth_failures_per_source: V,
     auth_block_max: V,
+    flow_timer: V,
+    stream_answer_wait: V,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -2064,10 +2066,17 @@ fn convert(raw: RawFile, r: &mut Reader) -> Config {
                 .unwrap_or(d.calls.guard.max_block),
             ..d.calls.guard.clone()
         },
-        // Engine defaults until the lead maps `calls.flow_timer` and
-        // `calls.stream_answer_wait` (branch engine-flows).
-        flow_timer: d.calls.flow_timer,
-        stream_answer_wait: d.calls.stream_answer_wait,
+        // RFC 5626 §4.4.1 suggests 120 s for connection keep-alives.
+        flow_timer: r
+            .duration("calls.flow_timer", s.flow_timer, secs(10)..=secs(3600))
+            .unwrap_or(d.calls.flow_timer),
+        stream_answer_wait: r
+            .duration(
+                "calls.stream_answer_wait",
+                s.stream_answer_wait,
+                ms(100)..=secs(60),
+            )
+            .unwrap_or(d.calls.stream_answer_wait),
     };
 
     let s = raw.push.unwrap_or_default();
