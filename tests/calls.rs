@@ -2912,3 +2912,210 @@ fn requests_to_phones_name_the_shared_port_they_leave_from_in_their_via() {
     drop(pb);
     settle(&mut s);
 }
+
+// ---- TCP/TLS flows: closed connections, the frozen app --------------------
+
+/// The flows the engine reported bound (`Event::FlowBound`), in order.
+fn flows_bound(s: &Sim) -> Vec<Flow> {
+    s.events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::FlowBound { flow } => Some(*flow),
+            _ => None,
+        })
+        .collect()
+}
+
+/// When the phone at `at` received its first request `m`.
+fn first_received(p: &Phone, m: &str) -> Option<Instant> {
+    p.borrow()
+        .ua
+        .received
+        .iter()
+        .find(|(_, _, d)| method(d).as_deref() == Some(m))
+        .map(|r| r.0)
+}
+
+/// The caller's 180s that announced a push.
+fn push_rings(c: &Caller) -> usize {
+    c.borrow()
+        .ua
+        .responses("INVITE")
+        .iter()
+        .filter(|r| header(r, "X-Sipis-Push-Status").is_some())
+        .count()
+}
+
+#[test]
+fn closed_connection_drops_the_binding_and_the_next_call_pushes_the_device() {
+    let mut s = sim();
+    let old = tcp_phone(&mut s, PHONE1, IPHONE, None);
+    s.poke(&old, |p, now, out| p.register(now, out));
+    s.run_for(Duration::from_secs(1));
+    assert_eq!(old.borrow().last_register(), Some(200));
+    assert_eq!(flows_bound(&s), vec![Flow::Tcp(40001)]);
+    // The front reports the connection gone.
+    let closed_at = s.now;
+    s.engine.handle_flow_closed(closed_at, Flow::Tcp(40001));
+    let devices = s.engine.devices(s.now, 1);
+    assert_eq!(devices.len(), 1, "the push target stays");
+    assert_eq!(devices[0].registered, None);
+    assert_eq!(devices[0].prid.as_deref(), Some(IPHONE));
+    assert_eq!(s.engine.stats().flow_bindings_dropped, 1);
+    // The app, woken by the push, connects anew.
+    let new = tcp_phone(&mut s, PHONE2, IPHONE, Some(Duration::from_secs(1)));
+    let c = caller(&mut s);
+    c.borrow_mut().bye_after_answer = Some(Duration::from_secs(1));
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(10));
+    let pushes = s.mediator.of_kind(PushKind::IncomingCall);
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].device.token, IPHONE);
+    assert!(
+        s.sent
+            .iter()
+            .all(|(t, dest, _)| *t < closed_at || *dest != addr(PHONE1)),
+        "nothing written into the closed connection"
+    );
+    assert!(old.borrow().invites().is_empty());
+    assert_eq!(new.borrow().invites().len(), 1);
+    assert_eq!(flows_bound(&s), vec![Flow::Tcp(40001), Flow::Tcp(40002)]);
+    assert_eq!(c.borrow().ua.codes("INVITE"), vec![100, 180, 200]);
+    assert_eq!(push_rings(&c), 1);
+    settle(&mut s);
+}
+
+#[test]
+fn a_ringing_leg_ends_when_its_connection_closes_and_the_device_is_pushed() {
+    let mut s = sim();
+    let old = tcp_phone(&mut s, PHONE1, IPHONE, None);
+    // Rings, never answers on this connection.
+    old.borrow_mut().script.final_code = None;
+    s.poke(&old, |p, now, out| p.register(now, out));
+    s.run_for(Duration::from_secs(1));
+    let c = caller(&mut s);
+    c.borrow_mut().bye_after_answer = Some(Duration::from_secs(1));
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(3));
+    assert_eq!(old.borrow().invites().len(), 1);
+    assert_eq!(c.borrow().ua.codes("INVITE"), vec![100, 180]);
+    assert!(s.mediator.log.is_empty(), "connected and ringing: no push");
+    // The connection drops (the OS killed the app); its leg ends at once
+    // and the device is woken by push; it comes back on a new connection.
+    let new = tcp_phone(&mut s, PHONE2, IPHONE, Some(Duration::from_secs(1)));
+    let closed_at = s.now;
+    s.engine.handle_flow_closed(closed_at, Flow::Tcp(40001));
+    s.run_for(Duration::from_secs(10));
+    let pushes = s.mediator.of_kind(PushKind::IncomingCall);
+    assert_eq!(pushes.len(), 1);
+    let pushed_at = s.mediator.log[0].0;
+    assert!(pushed_at - closed_at < Duration::from_millis(100));
+    assert_eq!(s.engine.stats().stream_wakes, 1);
+    // Nothing more went to the dead connection (no CANCEL into it).
+    assert!(s
+        .sent
+        .iter()
+        .all(|(t, dest, _)| *t < closed_at || *dest != addr(PHONE1)));
+    assert_eq!(new.borrow().invites().len(), 1);
+    assert_eq!(c.borrow().final_code, Some(200));
+    settle(&mut s);
+}
+
+#[test]
+fn frozen_connected_app_is_pushed_after_the_stream_answer_wait_and_answers_on_its_connection() {
+    let mut s = sim();
+    let p = tcp_phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    s.poke(&p, |p, now, out| p.register(now, out));
+    s.run_for(Duration::from_secs(1));
+    // The OS freezes the app; its connection stays open.
+    p.borrow_mut().frozen = true;
+    let c = caller(&mut s);
+    c.borrow_mut().bye_after_answer = Some(Duration::from_secs(1));
+    start(&mut s, &c);
+    let invited = c.borrow().ua.sent[0].0;
+    s.run_for(Duration::from_secs(1));
+    assert!(s.mediator.log.is_empty(), "not pushed before the wait");
+    s.run_for(Duration::from_secs(15));
+    // stream_answer_wait (2 s) without a provisional answer: pushed.
+    let pushes = s.mediator.of_kind(PushKind::IncomingCall);
+    assert_eq!(pushes.len(), 1);
+    let waited = s.mediator.log[0].0 - invited;
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_millis(2200),
+        "{waited:?}"
+    );
+    assert_eq!(s.engine.stats().stream_wakes, 1);
+    // The caller hears the push; the thawed app answers the INVITE that
+    // waited on its connection, and registers over it (no second INVITE).
+    assert_eq!(push_rings(&c), 1);
+    assert_eq!(c.borrow().ua.codes("INVITE"), vec![100, 180, 200]);
+    let pb = p.borrow();
+    assert_eq!(pb.invites().len(), 1);
+    assert_eq!(pb.buffered.len(), 1, "the INVITE waited in the socket");
+    assert_eq!(pb.calls[0].final_code, Some(200));
+    drop(pb);
+    assert_eq!(flows_bound(&s), vec![Flow::Tcp(40001)]);
+    settle(&mut s);
+}
+
+#[test]
+fn connected_app_ringing_within_the_stream_answer_wait_is_not_pushed() {
+    let mut s = sim();
+    let p = tcp_phone(&mut s, PHONE1, IPHONE, Some(Duration::from_secs(1)));
+    // Rings at once, answers after 5 s: well past the 2 s wait.
+    p.borrow_mut().script.final_after = Duration::from_secs(5);
+    s.poke(&p, |p, now, out| p.register(now, out));
+    s.run_for(Duration::from_secs(1));
+    let c = caller(&mut s);
+    c.borrow_mut().bye_after_answer = Some(Duration::from_secs(1));
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(10));
+    assert!(s.mediator.log.is_empty(), "{:?}", s.mediator.log);
+    assert_eq!(s.engine.stats().stream_wakes, 0);
+    assert_eq!(push_rings(&c), 0);
+    assert_eq!(c.borrow().ua.codes("INVITE"), vec![100, 180, 200]);
+    settle(&mut s);
+}
+
+#[test]
+fn frozen_app_woken_on_a_new_connection_gets_the_invite_there_and_the_old_one_a_cancel() {
+    let mut s = sim();
+    let old = tcp_phone(&mut s, PHONE1, IPHONE, None);
+    s.poke(&old, |p, now, out| p.register(now, out));
+    s.run_for(Duration::from_secs(1));
+    old.borrow_mut().frozen = true;
+    // The push relaunches the app, which connects anew.
+    let new = tcp_phone(&mut s, PHONE2, IPHONE, Some(Duration::from_secs(1)));
+    let c = caller(&mut s);
+    c.borrow_mut().bye_after_answer = Some(Duration::from_secs(1));
+    start(&mut s, &c);
+    s.run_for(Duration::from_secs(15));
+    assert_eq!(s.mediator.of_kind(PushKind::IncomingCall).len(), 1);
+    assert_eq!(flows_bound(&s), vec![Flow::Tcp(40001), Flow::Tcp(40002)]);
+    // The INVITE on the new connection, after its REGISTER.
+    assert_eq!(new.borrow().invites().len(), 1);
+    let registered = new.borrow().register_answers.last().unwrap().0;
+    assert!(first_received(&new, "INVITE").unwrap() >= registered);
+    assert_eq!(new.borrow().calls[0].final_code, Some(200));
+    assert_eq!(c.borrow().ua.codes("INVITE"), vec![100, 180, 200]);
+    // The old connection got the first INVITE and, once the device had
+    // moved, its CANCEL: a thawing app would not ring for it.
+    let to_old: Vec<String> = s
+        .sent
+        .iter()
+        .filter(|(_, dest, _)| *dest == addr(PHONE1))
+        .filter_map(|(_, _, d)| method(d))
+        .collect();
+    assert_eq!(to_old, vec!["INVITE", "CANCEL"]);
+    let buffered: Vec<String> = old
+        .borrow()
+        .buffered
+        .iter()
+        .filter_map(|(_, _, d)| method(d))
+        .collect();
+    assert_eq!(buffered, vec!["INVITE", "CANCEL"]);
+    let devices = s.engine.devices(s.now, 1);
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].registered, Some(addr(PHONE2)));
+    settle(&mut s);
+}

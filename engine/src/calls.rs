@@ -2352,4 +2352,57 @@ mod tests {
         );
         assert_eq!(b.calls.calls[0].state, CallState::Answered(0));
     }
+
+    #[test]
+    fn a_frozen_app_waking_after_the_call_ended_gets_the_late_wake_on_its_new_connection() {
+        let mut b = Bench::new();
+        connected_call(&mut b);
+        b.advance(Duration::from_millis(2100));
+        b.answer_push(PushResult::Sent);
+        b.sent();
+        // The provider's fork was answered elsewhere before the app woke.
+        let cancel = "CANCEL sip:tok1@sipis.example:5061 SIP/2.0\r\n\
+            Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKinv1\r\n\
+            From: \"Bob\" <sip:bob@voip.example>;tag=caller1\r\n\
+            To: <sip:alice@voip.example>\r\n\
+            Call-ID: call-1@pbx\r\nCSeq: 20 CANCEL\r\n\
+            Reason: SIP;cause=200;text=\"Call completed elsewhere\"\r\n\
+            Content-Length: 0\r\n\r\n";
+        b.request(cancel, PROVIDER, |calls, env, now, msg, slot| {
+            calls.incoming_cancel(env, now, msg, slot)
+        });
+        b.advance(Duration::from_millis(1100));
+        let sent = b.sent_on();
+        let lines: Vec<(Flow, &str)> = sent.iter().map(|s| (s.0, s.1.as_str())).collect();
+        assert_eq!(
+            lines,
+            vec![
+                (Flow::Udp, "SIP/2.0 200 OK"),
+                (Flow::Udp, "SIP/2.0 487 Request Terminated"),
+                (
+                    Flow::Tcp(7),
+                    "CANCEL sip:alice@203.0.113.9:40000;transport=tcp SIP/2.0"
+                ),
+            ]
+        );
+        // It wakes on a new connection inside the window: the late wake
+        // (INVITE with the pushed Call-ID, then CANCEL with the Reason).
+        b.device_up_on(Flow::Tcp(9), "203.0.113.9:40100");
+        let sent = b.sent_on();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].0, Flow::Tcp(9));
+        assert!(sent[0].1.starts_with("INVITE "));
+        assert!(sent[0].2.contains("Call-ID: call-1@pbx\r\n"));
+        assert_eq!(b.ctx.stats.late_wakes, 1);
+        let leg = &b.calls.calls[0].legs[1];
+        assert_eq!(leg.kind, LegKind::LateWake);
+        b.advance(Duration::from_millis(1100));
+        let sent = b.sent_on();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].0, Flow::Tcp(9));
+        assert!(sent[0].1.starts_with("CANCEL "));
+        assert!(sent[0]
+            .2
+            .contains("Reason: SIP;cause=200;text=\"Call completed elsewhere\"\r\n"));
+    }
 }

@@ -49,9 +49,11 @@
 //!   it came over (RFC 5626 outbound; a closed connection takes its
 //!   bindings with it).
 //! - `calls` — incoming calls: the pending-call map, pushes, legs to
-//!   woken devices (an explicit `LegState`), endings, and **the late wake**
+//!   woken devices (an explicit `LegState`), endings, **the late wake**
 //!   (`calls` module doc; `Calls::device_ready` starts it, `cancel_leg`
-//!   and `late_reason` end it; tests `late_wake_*` in `tests/calls.rs`).
+//!   and `late_reason` end it; tests `late_wake_*` in `tests/calls.rs`)
+//!   and **the frozen app** (a connected device silent past
+//!   `stream_answer_wait` is pushed; tests `*frozen*`).
 //! - `relay` — the B2BUA relay of in-dialog requests, CANCEL and the ACK
 //!   of a 2xx between the caller's leg and a phone's.
 //! - `dialog` — an RFC 3261 §12 dialog per leg, built once, from which

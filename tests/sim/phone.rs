@@ -91,6 +91,10 @@ pub struct SimPhone {
     pub register_answers: Vec<(Instant, u16, Bytes)>,
     pub calls: Vec<PhoneCall>,
     pub timeouts: Vec<String>,
+    /// The OS froze the app: what arrives waits in its socket (`buffered`)
+    /// and no timer runs, until a push thaws it.
+    pub frozen: bool,
+    pub buffered: Vec<(Instant, SocketAddr, Bytes)>,
 }
 
 impl SimPhone {
@@ -118,6 +122,8 @@ impl SimPhone {
             register_answers: Vec::new(),
             calls: Vec::new(),
             timeouts: Vec::new(),
+            frozen: false,
+            buffered: Vec::new(),
             ua,
         }
     }
@@ -498,6 +504,11 @@ impl Peer for SimPhone {
     }
 
     fn handle(&mut self, now: Instant, from: SocketAddr, data: &[u8], out: &mut Out) {
+        if self.frozen {
+            self.buffered
+                .push((now, from, Bytes::copy_from_slice(data)));
+            return;
+        }
         match self.ua.receive(now, from, data, out) {
             Some(Input::Request(req)) => self.on_request(now, from, req, out),
             Some(Input::Ack(ack)) => {
@@ -522,6 +533,9 @@ impl Peer for SimPhone {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
+        if self.frozen {
+            return None;
+        }
         let calls = self
             .calls
             .iter()
@@ -562,6 +576,12 @@ impl Peer for SimPhone {
     }
 
     fn wake(&mut self, now: Instant, out: &mut Out) {
+        if std::mem::take(&mut self.frozen) {
+            // Thawed: the app reads what waited on its connection.
+            for (_, from, data) in self.buffered.clone() {
+                self.handle(now, from, &data, out);
+            }
+        }
         self.register(now, out);
         for k in 1..self.registers_per_wake {
             self.extra_registers
