@@ -102,7 +102,7 @@ fn defaults_are_the_documented_ones() {
 #[test]
 fn example_file_documents_every_key() {
     let keys = Config::known_keys();
-    assert_eq!(keys.len(), 68, "{keys:?}");
+    assert_eq!(keys.len(), 83, "{keys:?}");
     // Subsections contribute their keys, not themselves.
     assert!(keys.contains(&"mediator.apns.key_id".to_owned()));
     assert!(keys.contains(&"mediator.fcm.send_url".to_owned()));
@@ -226,10 +226,12 @@ fn typo_in_section_suggests_the_real_one() {
         one_problem(&with_minimal("[admn]\nlisten = \"127.0.0.1:9000\"\n")),
         "unknown section [admn] (did you mean [admin]?)"
     );
-    let p = one_problem(&with_minimal("[tls]\ncert = \"x\"\n"));
-    assert!(
-        p.starts_with("unknown section [tls] (sections: [server], [sip]"),
-        "{p}"
+    let p = one_problem(&with_minimal("[tlss]\ncert = \"x\"\n"));
+    assert_eq!(p, "unknown section [tlss] (did you mean [tls]?)");
+    // [tls] exists: a lone cert names the key it lacks.
+    assert_eq!(
+        one_problem(&with_minimal("[tls]\ncert = \"x\"\n")),
+        "tls.key: required when tls.cert is set"
     );
 }
 

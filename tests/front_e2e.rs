@@ -228,10 +228,6 @@ fn provider_invite(uac: &mut Uac, sipis: &Serve, account: &Account) -> String {
         &call_id,
         "Contact: <sip:caller@127.0.0.1>\r\n",
     );
-    let r = r.replace(
-        &format!("To: <{}>", account.aor),
-        &format!("To: <{}>", account.aor),
-    );
     uac.send(sipis.shard_of(account), &r);
     r
 }
@@ -465,27 +461,7 @@ fn a_phone_over_tls_registers_and_gets_its_call_over_its_connection() {
     let account = sipis.add_account("tlsdave", "secret-tls-1");
     sipis.wait_account(&account, PROVIDER);
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.into()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = TcpStream::connect(("127.0.0.1", tls_port)).expect("connect to the TLS port");
-    tcp.set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let local = tcp.local_addr().unwrap();
-    let conn =
-        rustls::ClientConnection::new(Arc::new(cfg), "127.0.0.1".try_into().unwrap()).unwrap();
-    let mut phone = StreamPhone {
-        s: rustls::StreamOwned::new(conn, tcp),
-        buf: Vec::new(),
-        local,
-        transport: "TLS",
-        seq: 0,
-    };
+    let mut phone = tls_phone(tls_port, &ca).expect("TLS handshake with the first CA");
     let ok = phone.register(&account, "<sip:tlsdave@10.255.0.9:5999;transport=tls>");
     assert_eq!(status_of(&ok), Some(200), "{ok}");
 
@@ -503,6 +479,13 @@ fn a_phone_over_tls_registers_and_gets_its_call_over_its_connection() {
         .unwrap()
         .contains(";transport=tls"));
     phone.send(&answer(&to_phone, 486, "Busy Here", "ph2", ""));
+    let ack = phone
+        .recv(Duration::from_secs(3))
+        .expect("the ACK of the 486");
+    assert!(
+        ack.starts_with("ACK sip:tlsdave@10.255.0.9:5999;transport=tls SIP/2.0"),
+        "{ack}"
+    );
     let fin = provider_final(&provider, Duration::from_secs(3)).expect("final answer");
     assert_eq!(status_of(&fin), Some(486), "{fin}");
     let m = sipis.metrics();
@@ -511,5 +494,64 @@ fn a_phone_over_tls_registers_and_gets_its_call_over_its_connection() {
         Some(1.0),
         "{m}"
     );
+
+    // SIGHUP: a new certificate (from another CA) for new connections; the
+    // established one goes on.
+    let (_, _, ca2) = make_certs(&certs);
+    // SAFETY: signalling the child sipis.
+    unsafe { libc::kill(sipis.pid() as libc::pid_t, libc::SIGHUP) };
+    let end = Instant::now() + Duration::from_secs(5);
+    while !sipis.log().contains("TLS certificate reloaded") {
+        assert!(Instant::now() < end, "no reload logged:\n{}", sipis.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        tls_phone(tls_port, &ca).is_none(),
+        "the old CA no longer verifies new connections"
+    );
+    let mut fresh_phone = tls_phone(tls_port, &ca2).expect("TLS handshake with the new CA");
+    let ok = fresh_phone.register(&account, "<sip:tlsdave@10.255.0.9:5998;transport=tls>");
+    assert_eq!(status_of(&ok), Some(200), "{ok}");
+    phone.send("\r\n\r\n");
+    assert_eq!(
+        phone.recv_raw(2, Duration::from_secs(2)),
+        b"\r\n",
+        "the connection made before the reload still works"
+    );
     let _ = std::fs::remove_dir_all(&certs);
+}
+
+type TlsPhone = StreamPhone<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
+
+/// A phone over TLS trusting `ca` (DER); `None` if the handshake fails.
+fn tls_phone(port: u16, ca: &[u8]) -> Option<TlsPhone> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.to_vec().into()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect to the TLS port");
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let local = tcp.local_addr().unwrap();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(cfg), "127.0.0.1".try_into().unwrap()).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    while s.conn.is_handshaking() {
+        if s.conn.complete_io(&mut s.sock).is_err() {
+            return None;
+        }
+    }
+    s.sock
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    Some(StreamPhone {
+        s,
+        buf: Vec::new(),
+        local,
+        transport: "TLS",
+        seq: 0,
+    })
 }

@@ -266,6 +266,7 @@ impl FrontShared {
     }
 
     /// Counts a connection sipis opens (no per-IP limit: it chose the peer).
+    #[allow(dead_code)] // wired with the upstream connections
     fn opened(&self, tls: bool) {
         let m = &self.metrics;
         m.open.fetch_add(1, Ordering::AcqRel);
@@ -643,6 +644,7 @@ pub(super) fn admit(
 
 /// A connection sipis opens to `dest` (the socket is connected by the
 /// caller); `server_name` is checked against the certificate over TLS.
+#[allow(dead_code)] // wired with the upstream connections
 pub(super) fn outbound(
     front: &FrontShared,
     id: u64,
@@ -705,6 +707,7 @@ pub fn client_config(extra_ca: Option<&std::path::Path>) -> Result<rustls::Clien
 
 /// Queues a CRLFCRLF keep-alive (RFC 5626 §4.4.1) on a connection sipis
 /// opened, so the registrar (and NATs between) keep it.
+#[allow(dead_code)] // wired with the upstream connections
 pub(super) fn ping(conn: &Conn, limits: &ConnLimits) {
     conn.send(b"\r\n\r\n", limits);
 }

@@ -128,8 +128,16 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         admin = ?server.admin_addr(),
         "sipis running"
     );
+    // SIGHUP: reload what can change without a restart (the TLS
+    // certificate; established connections keep theirs).
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
+        .map_err(|e| ServeError::Admin(e.to_string()))?;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
+        if hup.swap(false, Ordering::Relaxed) {
+            server.reload();
+        }
     }
     tracing::info!(unregister, "shutting down");
     server.stop(unregister);
@@ -276,6 +284,30 @@ impl Server {
             admin: Some(admin),
             mediator,
         })
+    }
+
+    /// SIGHUP: reads the TLS certificate and key again (new connections
+    /// get them); says what it did in the log.
+    pub fn reload(&self) {
+        let Some(tls) = self.core.shards.front().and_then(|f| f.tls.clone()) else {
+            tracing::info!("SIGHUP: nothing to reload (no TLS listener)");
+            return;
+        };
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded; new connections use it"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded, the old one stays")
+            }
+        }
+    }
+
+    /// The phones' TCP and TLS listeners, if on.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.core.shards.tcp_addr()
+    }
+
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.core.shards.tls_addr()
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {

@@ -695,4 +695,3 @@ fn unix_at(at: Instant) -> i64 {
     wall.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
-
