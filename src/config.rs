@@ -107,6 +107,9 @@ impl Default for TcpConfig {
 pub struct SipTlsConfig {
     pub port: u16,
     pub files: Option<crate::runtime::front::TlsSettings>,
+    /// A CA (PEM) trusted beside the public roots when sipis connects to a
+    /// registrar or proxy over TLS.
+    pub upstream_ca: Option<PathBuf>,
 }
 
 impl Default for SipTlsConfig {
@@ -114,6 +117,7 @@ impl Default for SipTlsConfig {
         SipTlsConfig {
             port: 5061,
             files: None,
+            upstream_ca: None,
         }
     }
 }
@@ -847,6 +851,11 @@ impl Config {
                 }
             }
         }
+        if let Some(ca) = &self.tls.upstream_ca {
+            if let Err(why) = crate::runtime::front::client_config(Some(ca)) {
+                out.push(ConfigError::invalid("tls.upstream_ca", why));
+            }
+        }
         if let AdminToken::File(_) = self.admin.token {
             if let Err(e) = self.admin_token() {
                 out.push(e);
@@ -1109,6 +1118,7 @@ struct RawTls {
     key: V,
     client_ca: V,
     handshake_timeout: V,
+    upstream_ca: V,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -2393,6 +2403,7 @@ fn convert_front(
     let tls = SipTlsConfig {
         port: port(r, "tls.port", l.port).unwrap_or(5061),
         files,
+        upstream_ca: r.path("tls.upstream_ca", l.upstream_ca),
     };
     (tcp, tls)
 }

@@ -11,13 +11,14 @@ use crate::context::{Context, Timer};
 use crate::output::{Event, Flow};
 use crate::registration::{
     AccountConfig, AccountId, Next, RegError, RegStatus, Registration, RegistrationConfig,
-    SavedRegistration,
+    SavedRegistration, Transport,
 };
 use crate::transaction::{Kind, TxKey};
 use crate::transactions::{Transactions, TxOwner};
 use crate::wheel::TimerHandle;
 use sipis_parser::{Message, Method, Uri};
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// `a:user@host`, host lower-cased (host names are case-insensitive, user
@@ -54,6 +55,11 @@ pub(crate) struct Account {
 struct Settings {
     via: String,
     contact_host: String,
+    /// The phones' TCP and TLS listeners (which also take the provider's
+    /// requests): Via and Contact of REGISTERs over a connection.
+    tcp_host: String,
+    tls_host: String,
+    shard: u16,
     register_rate: u32,
     register_burst: u32,
     registration: RegistrationConfig,
@@ -74,6 +80,10 @@ pub(crate) struct Accounts {
     /// GCRA theoretical arrival time of the next REGISTER.
     rate_tat: Instant,
     rate_timer: Option<TimerHandle>,
+    /// The connections to registrars and proxies this shard opened, by
+    /// destination: every account registering there shares one.
+    upstream: HashMap<(SocketAddr, Transport), Flow>,
+    next_conn: u64,
 }
 
 impl Accounts {
@@ -82,6 +92,9 @@ impl Accounts {
             settings: Settings {
                 via: cfg.via.clone(),
                 contact_host: cfg.contact_host.clone(),
+                tcp_host: cfg.tcp_host.clone(),
+                tls_host: cfg.tls_host.clone(),
+                shard: cfg.shard,
                 register_rate: cfg.register_rate,
                 register_burst: cfg.register_burst,
                 registration: cfg.registration.clone(),
@@ -93,6 +106,8 @@ impl Accounts {
             send_queue: VecDeque::new(),
             rate_tat: now,
             rate_timer: None,
+            upstream: HashMap::new(),
+            next_conn: 0,
         }
     }
 
@@ -431,18 +446,32 @@ impl Accounts {
         a: &mut Account,
         owner: TxOwner,
     ) {
-        let Some(dest) = a.cfg.registrar.as_ref().map(|r| r.addr) else {
+        let Some(reg) = a.cfg.registrar.as_ref() else {
             return;
+        };
+        let dest = reg.addr;
+        let (transport, server_name) = reg.transport();
+        let flow = match transport {
+            Transport::Udp => Flow::Udp,
+            Transport::Tcp | Transport::Tls => {
+                self.upstream_flow(ctx, dest, transport, server_name)
+            }
         };
         let branch = ctx.new_branch();
         ctx.buf.clear();
         let before = a.reg.status();
         let s = &self.settings;
+        let (via, contact) = match transport {
+            Transport::Udp => (&s.via, &s.contact_host),
+            Transport::Tcp => (&s.tcp_host, &s.tcp_host),
+            Transport::Tls => (&s.tls_host, &s.tls_host),
+        };
         if a.reg
             .write_register(
                 &a.cfg,
-                &s.via,
-                &s.contact_host,
+                transport,
+                via,
+                contact,
                 &branch,
                 &s.registration.user_agent,
                 &mut ctx.buf,
@@ -452,7 +481,7 @@ impl Accounts {
             return;
         }
         let bytes = ctx.buf.split().freeze();
-        let key = TxKey::for_request(branch.as_bytes(), s.via.as_bytes(), Method::Register);
+        let key = TxKey::for_request(branch.as_bytes(), via.as_bytes(), Method::Register);
         ctx.stats.registers_sent += 1;
         if let TxOwner::Register(id) = owner {
             ctx.events.push_back(Event::SaveRegistration {
@@ -466,19 +495,84 @@ impl Accounts {
                 });
             }
         }
-        let slot = txs.start_client(
-            ctx,
-            now,
-            bytes,
-            key,
-            dest,
-            Flow::Udp,
-            Kind::NonInvite,
-            owner,
-        );
+        let slot = txs.start_client(ctx, now, bytes, key, dest, flow, Kind::NonInvite, owner);
         if matches!(owner, TxOwner::Register(_)) {
             a.tx = Some(slot);
         }
+    }
+
+    /// The connection to `dest` over `transport`, asked of the shell the
+    /// first time (its id carries this shard in its low byte and bit 8
+    /// set: the front's accepted connections never have it).
+    fn upstream_flow(
+        &mut self,
+        ctx: &mut Context,
+        dest: SocketAddr,
+        transport: Transport,
+        server_name: Option<String>,
+    ) -> Flow {
+        if let Some(f) = self.upstream.get(&(dest, transport)) {
+            return *f;
+        }
+        self.next_conn += 1;
+        let id = (self.next_conn << 9) | 0x100 | u64::from(self.settings.shard & 0xff);
+        let flow = if transport == Transport::Tls {
+            Flow::Tls(id)
+        } else {
+            Flow::Tcp(id)
+        };
+        self.upstream.insert((dest, transport), flow);
+        ctx.events.push_back(Event::Connect {
+            flow,
+            dest,
+            server_name,
+        });
+        flow
+    }
+
+    /// A connection closed: if it was one of ours to a registrar, the next
+    /// REGISTER opens a new one, and every account registered over it
+    /// registers again now (at the queue's pace: its binding may have gone
+    /// with the connection, RFC 5626 §4.4).
+    pub fn flow_closed(
+        &mut self,
+        ctx: &mut Context,
+        txs: &mut Transactions,
+        now: Instant,
+        flow: Flow,
+    ) {
+        let gone: Vec<(SocketAddr, Transport)> = self
+            .upstream
+            .iter()
+            .filter(|(_, f)| **f == flow)
+            .map(|(k, _)| *k)
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for k in &gone {
+            self.upstream.remove(k);
+        }
+        let again: Vec<AccountId> = self
+            .accounts
+            .iter()
+            .filter(|(_, a)| {
+                a.tx.is_none()
+                    && matches!(a.reg.status(), RegStatus::Registered { .. })
+                    && a.cfg
+                        .registrar
+                        .as_ref()
+                        .is_some_and(|r| gone.contains(&(r.addr, r.transport().0)))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in again {
+            if let Some(a) = self.accounts.get_mut(&id) {
+                ctx.cancel(a.timer.take());
+            }
+            self.enqueue(id, false);
+        }
+        self.drain(ctx, txs, now);
     }
 
     fn status_event(&self, ctx: &mut Context, id: AccountId, before: RegStatus) {

@@ -121,7 +121,7 @@ pub use push::{Platform, Push, PushKind, PushOutcome, PushResult};
 pub use registrar::DeviceInfo;
 pub use registration::{
     refresh_delay, AccountConfig, AccountId, AccountSecret, RegError, RegStatus, Registrar,
-    RegistrationConfig, SavedRegistration,
+    RegistrationConfig, SavedRegistration, Transport,
 };
 pub use rng::{Rng, RngKey};
 pub use transaction::{
@@ -370,6 +370,8 @@ impl Engine {
             return;
         }
         self.ctx.stats.flows_closed += 1;
+        self.accounts
+            .flow_closed(&mut self.ctx, &mut self.txs, now, flow);
         let dropped = self.registrar.flow_closed(flow);
         self.ctx.stats.flow_bindings_dropped += dropped as u64;
         for (slot, ev) in self.txs.flow_closed(&mut self.ctx, now, flow) {

@@ -101,6 +101,17 @@ pub enum Event {
     /// it open past the idle timeout of unregistered connections. Only
     /// stream flows ([`Flow::is_stream`]) are reported.
     FlowBound { flow: Flow },
+    /// Open a connection to a registrar or proxy for `flow` (a TCP or TLS
+    /// flow the engine chose the id of): the shell connects to `dest` and
+    /// sends what the engine writes to `flow` over it once up; messages
+    /// arriving on it carry `flow`. Over TLS the server's certificate must
+    /// name `server_name` (else `dest`'s IP). If the connection cannot be
+    /// made or breaks, the shell calls `handle_flow_closed`.
+    Connect {
+        flow: Flow,
+        dest: SocketAddr,
+        server_name: Option<String>,
+    },
     /// A call's outcome is decided: one durable row per call.
     CallOutcome {
         account: AccountId,

@@ -49,6 +49,45 @@ pub struct Registrar {
     pub outbound_proxy: Option<String>,
 }
 
+/// How an account's REGISTERs travel to its registrar (or outbound proxy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Registrar {
+    /// The transport and TLS server name of the first hop: the outbound
+    /// proxy's URI when set, else the registrar's. `sips:` or
+    /// `;transport=tls` is TLS, `;transport=tcp` TCP (RFC 3261 §19.1.2,
+    /// §26.2), anything else UDP. The server name is the URI's host when
+    /// it is a name (certificates name hosts; an IP literal is checked as
+    /// an IP address).
+    pub fn transport(&self) -> (Transport, Option<String>) {
+        let uri = self.outbound_proxy.as_deref().unwrap_or(&self.uri);
+        let uri = uri.trim().trim_start_matches('<');
+        let uri = uri.split('>').next().unwrap_or(uri);
+        let Ok(u) = sipis_parser::Uri::parse(uri.as_bytes()) else {
+            return (Transport::Udp, None);
+        };
+        let t = u.transport().map(|t| t.to_ascii_lowercase());
+        let transport =
+            if u.scheme == sipis_parser::Scheme::Sips || t.as_deref() == Some(&b"tls"[..]) {
+                Transport::Tls
+            } else if t.as_deref() == Some(&b"tcp"[..]) {
+                Transport::Tcp
+            } else {
+                Transport::Udp
+            };
+        let name = match u.host {
+            sipis_parser::Host::Domain(d) => Some(d.to_ascii_lowercase()),
+            _ => None,
+        };
+        (transport, name)
+    }
+}
+
 /// One provisioned upstream account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountConfig {
@@ -301,11 +340,14 @@ impl Registration {
     }
 
     /// Writes the next REGISTER into `out` (a new CSeq each time, the
-    /// Call-ID of the binding). `via` is `host:port` of this shard,
-    /// `contact_host` the public `host:port` the provider reaches it at.
+    /// Call-ID of the binding). `via` is `host:port` of the socket or
+    /// listener it leaves by, `contact_host` the public `host:port` the
+    /// provider reaches sipis at, both for `transport`.
+    #[allow(clippy::too_many_arguments)]
     pub fn write_register(
         &mut self,
         cfg: &AccountConfig,
+        transport: Transport,
         via: &str,
         contact_host: &str,
         branch: &str,
@@ -334,7 +376,26 @@ impl Registration {
         }
 
         let mut w = Writer::request(out, Method::Register, reg.uri.as_bytes());
-        w.via("UDP", via, branch.as_bytes(), true);
+        match transport {
+            Transport::Udp => {
+                w.via("UDP", via, branch.as_bytes(), true);
+            }
+            Transport::Tcp | Transport::Tls => {
+                // RFC 5923 `alias`: the registrar may send requests for
+                // this Contact back over this connection.
+                w.header_with("Via", |o| {
+                    o.extend_from_slice(if transport == Transport::Tls {
+                        b"SIP/2.0/TLS "
+                    } else {
+                        b"SIP/2.0/TCP "
+                    });
+                    o.extend_from_slice(via.as_bytes());
+                    o.extend_from_slice(b";branch=");
+                    o.extend_from_slice(branch.as_bytes());
+                    o.extend_from_slice(b";rport;alias");
+                });
+            }
+        }
         w.header("Max-Forwards", b"70");
         if let Some(proxy) = &reg.outbound_proxy {
             w.header_with("Route", |o| {
@@ -364,6 +425,11 @@ impl Registration {
             o.extend_from_slice(cfg.token.as_bytes());
             o.extend_from_slice(b"@");
             o.extend_from_slice(contact_host.as_bytes());
+            match transport {
+                Transport::Udp => {}
+                Transport::Tcp => o.extend_from_slice(b";transport=tcp"),
+                Transport::Tls => o.extend_from_slice(b";transport=tls"),
+            }
             o.extend_from_slice(b">;expires=");
             sipis_parser::put_u32(o, expires);
         });

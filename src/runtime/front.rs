@@ -239,7 +239,7 @@ impl FrontShared {
         FrontShared {
             limits,
             tls,
-            client_tls: None,
+            client_tls: client_config(None).ok().map(Arc::new),
             metrics: FrontMetrics::default(),
             per_ip: Mutex::new(HashMap::new()),
         }
@@ -266,7 +266,6 @@ impl FrontShared {
     }
 
     /// Counts a connection sipis opens (no per-IP limit: it chose the peer).
-    #[allow(dead_code)] // wired with the upstream connections
     fn opened(&self, tls: bool) {
         let m = &self.metrics;
         m.open.fetch_add(1, Ordering::AcqRel);
@@ -317,6 +316,8 @@ pub(super) struct Conn {
     partial_since: Cell<Option<Instant>>,
     /// A registration lives on this connection (the engine said so).
     pub registered: Cell<bool>,
+    /// When sipis last sent a keep-alive on it (connections it opened).
+    pub last_ping: Cell<Instant>,
     /// Shards this connection has handed messages to (bit i: shard i, for
     /// i < 64; past 64 shards every shard is told when it closes).
     pub seen: Cell<u64>,
@@ -348,6 +349,7 @@ impl Conn {
             last_message: Cell::new(now),
             partial_since: Cell::new(None),
             registered: Cell::new(false),
+            last_ping: Cell::new(now),
             seen: Cell::new(0),
         }
     }
@@ -644,7 +646,6 @@ pub(super) fn admit(
 
 /// A connection sipis opens to `dest` (the socket is connected by the
 /// caller); `server_name` is checked against the certificate over TLS.
-#[allow(dead_code)] // wired with the upstream connections
 pub(super) fn outbound(
     front: &FrontShared,
     id: u64,
@@ -674,6 +675,12 @@ pub(super) fn outbound(
     // It carries the accounts' registrations: never closed for silence
     // (keep-alives hold it open).
     c.registered.set(true);
+    if let Some(tls) = &c.tls {
+        // The ClientHello goes first, once connected.
+        let mut tls = tls.borrow_mut();
+        let mut out = c.out.borrow_mut();
+        while tls.wants_write() && tls.write_tls(&mut *out).is_ok() {}
+    }
     Ok(c)
 }
 
@@ -705,11 +712,18 @@ pub fn client_config(extra_ca: Option<&std::path::Path>) -> Result<rustls::Clien
         .with_no_client_auth())
 }
 
-/// Queues a CRLFCRLF keep-alive (RFC 5626 §4.4.1) on a connection sipis
-/// opened, so the registrar (and NATs between) keep it.
-#[allow(dead_code)] // wired with the upstream connections
-pub(super) fn ping(conn: &Conn, limits: &ConnLimits) {
-    conn.send(b"\r\n\r\n", limits);
+/// How often sipis sends a CRLFCRLF keep-alive on a connection it opened
+/// (RFC 5626 §4.4.1): well inside the idle lifetime registrars give
+/// connections (Kamailio's `tcp_connection_lifetime` is 120 s by default).
+pub const UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// Queues a CRLFCRLF keep-alive on a connection sipis opened, if one is
+/// due, so the registrar (and NATs between) keep it.
+pub(super) fn ping(conn: &Conn, now: Instant, limits: &ConnLimits) {
+    if conn.outbound && now.duration_since(conn.last_ping.get()) >= UPSTREAM_KEEPALIVE {
+        conn.last_ping.set(now);
+        conn.send(b"\r\n\r\n", limits);
+    }
 }
 
 /// Counts a connection out.

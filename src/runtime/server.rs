@@ -192,13 +192,17 @@ impl Server {
                     .map_err(|e| ServeError::Admin(format!("tls: {e}")))?,
             )),
         };
-        let front = (cfg.tcp.enabled || tls.is_some()).then(|| super::FrontSettings {
+        let mut shared = super::front::FrontShared::new(cfg.tcp.limits.clone(), tls.clone());
+        if let Some(ca) = &cfg.tls.upstream_ca {
+            let client = super::front::client_config(Some(ca))
+                .map_err(|e| ServeError::Admin(format!("tls.upstream_ca: {e}")))?;
+            shared.client_tls = Some(Arc::new(client));
+        }
+        let shared = Arc::new(shared);
+        let front = Some(super::FrontSettings {
             tcp_port: cfg.tcp.enabled.then(|| cfg.tcp_port()),
             tls_port: tls.as_ref().map(|_| cfg.tls.port),
-            shared: Arc::new(super::front::FrontShared::new(
-                cfg.tcp.limits.clone(),
-                tls.clone(),
-            )),
+            shared,
         });
         let shards = Shards::start(
             ShardSettings {
@@ -949,6 +953,22 @@ fn render_front(out: &mut String, f: &super::front::FrontShared) {
             get(v),
         );
     }
+    for (transport, v) in [("tcp", &m.connected_tcp), ("tls", &m.connected_tls)] {
+        counter(
+            out,
+            "sipis_connections_connected_total",
+            "Connections sipis opened to registrars and proxies, by transport.",
+            &[("transport", transport)],
+            get(v),
+        );
+    }
+    counter(
+        out,
+        "sipis_connect_failures_total",
+        "Connections to registrars and proxies that could not be made.",
+        &[],
+        get(&m.connect_failures),
+    );
     for (limit, v) in [
         ("max_connections", &m.refused_total),
         ("max_connections_per_ip", &m.refused_per_ip),

@@ -32,6 +32,8 @@ const RECV_BUF: usize = 65_535;
 
 /// How often the front looks for connections past a limit.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// The longest sipis waits for a registrar to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What one shard hands another over the channel mesh.
 pub(super) enum Hop {
@@ -98,7 +100,8 @@ pub(super) async fn run(ctx: ShardCtx) {
             }
         }
     }
-    let shell = Rc::new(Shell {
+    let shell = Rc::new_cyclic(|me| Shell {
+        me: me.clone(),
         id,
         shards,
         engine: RefCell::new(Engine::new(engine, Instant::now())),
@@ -113,6 +116,7 @@ pub(super) async fn run(ctx: ShardCtx) {
         conns: RefCell::new(HashMap::new()),
         next_conn: Cell::new(1),
         scratch: RefCell::new(vec![0u8; RECV_BUF]),
+        gone: RefCell::new(Vec::new()),
     });
     if let Some(mut rx) = inbound {
         for (_, stream) in rx.streams() {
@@ -131,7 +135,6 @@ pub(super) async fn run(ctx: ShardCtx) {
     if shell.shared.is_some() {
         tasks.push(glommio::spawn_local(shared_loop(shell.clone())));
     }
-    let has_front = !listeners.is_empty();
     for (socket, tls) in listeners {
         use std::os::fd::{FromRawFd, IntoRawFd};
         // SAFETY: a bound, listening TCP socket whose fd we own.
@@ -142,9 +145,8 @@ pub(super) async fn run(ctx: ShardCtx) {
             tls,
         )));
     }
-    if has_front {
-        tasks.push(glommio::spawn_local(sweep_loop(shell.clone())));
-    }
+    // Limits of accepted connections, keep-alives of the ones sipis opens.
+    tasks.push(glommio::spawn_local(sweep_loop(shell.clone())));
     let engine = &shell.engine;
     let metrics = &shell.metrics;
     let mut last_metrics = Instant::now() - METRICS_EVERY;
@@ -227,6 +229,8 @@ pub(super) async fn run(ctx: ShardCtx) {
 
 /// One shard's state, shared by its tasks (all on the shard's thread).
 struct Shell {
+    /// Itself, for the tasks it starts (connections it opens).
+    me: std::rc::Weak<Shell>,
     id: usize,
     shards: usize,
     engine: RefCell<Engine>,
@@ -249,6 +253,9 @@ struct Shell {
     /// The read buffer every connection of the shard reads into (a
     /// connection keeps only the tail of an unfinished message).
     scratch: RefCell<Vec<u8>>,
+    /// Flows that could not be opened, for the engine at the end of the
+    /// flush.
+    gone: RefCell<Vec<Flow>>,
 }
 
 impl Shell {
@@ -337,6 +344,39 @@ impl Shell {
         true
     }
 
+    /// The engine wants a connection to a registrar or proxy: it is
+    /// registered at once (what the engine writes to it waits in its
+    /// queue) and connected by a task of its own.
+    fn connect(&self, flow: Flow, dest: SocketAddr, server_name: Option<String>) {
+        let Some(id) = flow.conn() else { return };
+        let tls = matches!(flow, Flow::Tls(_));
+        match front::outbound(
+            &self.front,
+            id,
+            dest,
+            tls,
+            server_name.as_deref(),
+            Instant::now(),
+        ) {
+            Ok(conn) => {
+                let conn = Rc::new(conn);
+                self.conns.borrow_mut().insert(id, conn.clone());
+                if let Some(me) = self.me.upgrade() {
+                    glommio::spawn_local(connect_task(me, conn)).detach();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%dest, error = %e, "cannot open a connection");
+                self.front
+                    .metrics
+                    .connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                // The engine learns at once; its REGISTERs retry later.
+                self.gone.borrow_mut().push(flow);
+            }
+        }
+    }
+
     /// The engine says a connection carries a registration.
     fn mark_bound(&self, flow: Flow) {
         let Some(id) = flow.conn() else { return };
@@ -377,7 +417,9 @@ async fn accept_loop(shell: Rc<Shell>, listener: TcpListener, tls: bool) {
         };
         let n = shell.next_conn.get();
         shell.next_conn.set(n + 1);
-        let id = (n << 8) | shell.id as u64;
+        // Low byte: this shard; bit 8 clear (the engine's connections to
+        // registrars have it set).
+        let id = (n << 9) | shell.id as u64;
         let Some(conn) = front::admit(&shell.front, id, peer, tls, Instant::now()) else {
             continue;
         };
@@ -385,6 +427,28 @@ async fn accept_loop(shell: Rc<Shell>, listener: TcpListener, tls: bool) {
         let conn = Rc::new(conn);
         shell.conns.borrow_mut().insert(id, conn.clone());
         glommio::spawn_local(conn_task(shell.clone(), conn, stream)).detach();
+    }
+}
+
+/// A connection sipis opens: connect (bounded), then the same life as an
+/// accepted one.
+async fn connect_task(shell: Rc<Shell>, conn: Rc<Conn>) {
+    let dest = conn.peer;
+    match TcpStream::connect_timeout(dest, CONNECT_TIMEOUT).await {
+        Ok(stream) => {
+            tracing::info!(%dest, transport = conn.flow.transport(), "connected to registrar");
+            let _ = stream.set_nodelay(true);
+            conn_task(shell, conn, stream).await;
+        }
+        Err(e) => {
+            tracing::warn!(%dest, transport = conn.flow.transport(), error = %e, "cannot connect to registrar");
+            shell
+                .front
+                .metrics
+                .connect_failures
+                .fetch_add(1, Ordering::Relaxed);
+            conn_closed(&shell, &conn, CloseReason::Error).await;
+        }
     }
 }
 
@@ -413,9 +477,23 @@ async fn conn_task(shell: Rc<Shell>, conn: Rc<Conn>, mut stream: TcpStream) {
         }
     };
     drop(stream);
+    if conn.outbound {
+        tracing::warn!(dest = %conn.peer, reason = reason.as_str(), "connection to registrar closed");
+    }
+    conn_closed(&shell, &conn, reason).await;
+}
+
+/// A connection is over: counted out, and every engine that saw it told.
+async fn conn_closed(shell: &Rc<Shell>, conn: &Conn, reason: CloseReason) {
     shell.conns.borrow_mut().remove(&conn.id);
-    front::closed(&shell.front, &conn, reason);
-    let seen = conn.seen.get();
+    front::closed(&shell.front, conn, reason);
+    // The engine that opened a connection always hears of its end.
+    let seen = conn.seen.get()
+        | if conn.outbound {
+            shard_bit(shell.id)
+        } else {
+            0
+        };
     for i in 0..shell.shards {
         if shell.shards <= 64 && seen & shard_bit(i) == 0 {
             continue;
@@ -425,7 +503,7 @@ async fn conn_task(shell: Rc<Shell>, conn: Rc<Conn>, mut stream: TcpStream) {
                 .engine
                 .borrow_mut()
                 .handle_flow_closed(Instant::now(), conn.flow);
-            flush(&shell).await;
+            flush(shell).await;
         } else if let Some(tx) = &shell.senders {
             // Awaited: the owner must hear of it (its receiving task never
             // waits on this shard, so this cannot deadlock).
@@ -442,6 +520,8 @@ async fn sweep_loop(shell: Rc<Shell>) {
         for c in shell.conns.borrow().values() {
             if let Some(r) = c.overdue(now, &shell.front.limits) {
                 c.close(r);
+            } else {
+                front::ping(c, now, &shell.front.limits);
             }
         }
     }
@@ -576,6 +656,7 @@ async fn flush(shell: &Shell) {
                     .handle_transport_error(Instant::now(), t.dest);
             }
         }
+        gone.append(&mut shell.gone.borrow_mut());
         if gone.is_empty() {
             break;
         }
@@ -595,6 +676,11 @@ fn handle_event(shell: &Shell, sink: &dyn EventSink, ev: Event) {
         Event::SaveRegistration { account, saved } => sink.save_registration(account, saved),
         Event::Registration { .. } | Event::ParseError { .. } => {}
         Event::FlowBound { flow } => shell.mark_bound(flow),
+        Event::Connect {
+            flow,
+            dest,
+            server_name,
+        } => shell.connect(flow, dest, server_name),
         Event::DeviceSaved {
             account,
             device,

@@ -1,0 +1,183 @@
+//! sipis registering at a real Kamailio over TCP and over TLS (issue 11,
+//! "upstream over TCP/TLS"): accounts whose registrar is
+//! `sip:…;transport=tcp` or `sips:…` register over one connection per
+//! shard, verified against the test's CA (`tls.upstream_ca`); Kamailio
+//! (`tcp_accept_aliases`, sipis's Via carrying RFC 5923 `;alias`) sends the
+//! calls for those contacts back over sipis's own connection: a caller's
+//! INVITE through Kamailio reaches sipis without sipis accepting any
+//! connection, and sipis's answer comes back to the caller.
+
+#[path = "support/http1.rs"]
+mod http1;
+#[path = "support/kamailio.rs"]
+mod kamailio;
+#[path = "support/ports.rs"]
+mod ports;
+#[path = "support/serve.rs"]
+mod serve;
+
+use kamailio::Kamailio;
+use serde_json::json;
+use serve::*;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+const PROVIDER_STREAM: &str = include_str!("support/kamailio/provider_stream.cfg");
+
+/// A CA and a certificate for 127.0.0.1 (PEM files in `dir`); the CA's
+/// PEM path.
+fn make_certs(dir: &std::path::Path) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let (c, k, a) = (dir.join("kam.crt"), dir.join("kam.key"), dir.join("ca.pem"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    std::fs::write(&a, ca_cert.pem()).unwrap();
+    let s = |p: std::path::PathBuf| p.display().to_string();
+    (s(c), s(k), s(a))
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits for `user`@kam.test to have a binding at Kamailio; returns it.
+fn wait_binding(kam: &mut Kamailio, user: &str, timeout: Duration) -> kamailio::Binding {
+    let end = Instant::now() + timeout;
+    loop {
+        let loc = kam.dump();
+        if let Some(b) = loc.get(&format!("{user}@kam.test")).and_then(|v| v.first()) {
+            return b.clone();
+        }
+        assert!(
+            Instant::now() < end,
+            "{user} never registered at Kamailio: {loc:?}\n{}",
+            kam.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A caller's INVITE for `user`@kam.test through Kamailio; the final
+/// answer it gets.
+fn call_through(kam: &Kamailio, user: &str) -> String {
+    let mut caller = Uac::bind(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
+    let to = format!("sip:{user}@kam.test");
+    let r = caller.request(
+        "INVITE",
+        &to,
+        &to,
+        &fresh("up-call-"),
+        "Contact: <sip:caller@127.0.0.1>\r\n",
+    );
+    let kam_addr = SocketAddr::from(([127, 0, 0, 1], kam.port()));
+    caller.send(kam_addr, &r);
+    let got = caller.until_final(Duration::from_secs(8));
+    got.into_iter()
+        .rfind(|m| status_of(m).is_some_and(|s| s >= 200))
+        .unwrap_or_else(|| panic!("no final answer through Kamailio:\n{}", kam.log_tail(30)))
+}
+
+#[test]
+fn sipis_registers_over_tcp_and_tls_and_calls_come_back_over_its_connections() {
+    let certs = std::env::temp_dir().join(format!("sipis-upstream-{}", std::process::id()));
+    let (cert, key, ca) = make_certs(&certs);
+    let (tcp, tls) = (free_tcp_port(), free_tcp_port());
+    let mut kam = Kamailio::start_config(
+        "provider_stream.cfg",
+        PROVIDER_STREAM,
+        &[
+            ("@TCP_PORT@", tcp.to_string()),
+            ("@TLS_PORT@", tls.to_string()),
+            ("@CERT@", cert.clone()),
+            ("@KEY@", key.clone()),
+        ],
+    );
+    let sipis = Serve::start("upstream", 2, &format!("[tls]\nupstream_ca = \"{ca}\"\n"));
+    let accounts = [
+        (
+            "upalice",
+            format!("sip:127.0.0.1:{tcp};transport=tcp"),
+            "tcp",
+        ),
+        ("upbob", format!("sips:127.0.0.1:{tls}"), "tls"),
+        (
+            "upcarol",
+            format!("sip:127.0.0.1:{tls};transport=tls"),
+            "tls",
+        ),
+    ];
+    for (user, registrar, _) in &accounts {
+        let (status, v) = sipis.api(
+            "POST",
+            "/accounts",
+            Some(json!({
+                "aor": format!("sip:{user}@kam.test"),
+                "auth_user": user,
+                "password": format!("pw-{user}"),
+                "registrar": registrar,
+                "expires": 600,
+            })),
+        );
+        assert_eq!(status, 201, "{v}");
+    }
+    for (user, _, transport) in &accounts {
+        let b = wait_binding(&mut kam, user, Duration::from_secs(10));
+        assert!(
+            b.address.ends_with(&format!(
+                "@127.0.0.1:{};transport={transport}",
+                if *transport == "tcp" {
+                    sipis.sip_port
+                } else {
+                    5061
+                }
+            )),
+            "{user}'s contact names sipis's {transport} listener: {}",
+            b.address
+        );
+    }
+    // Each shard opened at most one connection per destination.
+    let m = sipis.metrics();
+    let opened = metric_in(&m, "sipis_connections_connected_total").unwrap_or(0.0);
+    assert!(
+        (2.0..=4.0).contains(&opened),
+        "connections opened: {opened}\n{m}"
+    );
+
+    // Calls come back over sipis's connections (no device: 480).
+    for (user, _, _) in &accounts {
+        let fin = call_through(&kam, user);
+        assert_eq!(status_of(&fin), Some(480), "{user}: {fin}");
+    }
+    let m = sipis.metrics();
+    assert_eq!(
+        metric_in(&m, "sipis_connections_accepted_total"),
+        Some(0.0),
+        "Kamailio reused sipis's connections:\n{m}\n{}",
+        kam.log_tail(40)
+    );
+    assert!(
+        metric_in(&m, "sipis_stream_messages_total").unwrap() >= 6.0,
+        "{m}"
+    );
+    let log = kam.log();
+    assert!(
+        log.contains("RX-RPL 480")
+            && log.contains("from tls:127.0.0.1")
+            && log.contains("from tcp:127.0.0.1"),
+        "sipis's answers reached Kamailio over TCP and TLS:\n{}",
+        kam.log_tail(40)
+    );
+    let _ = std::fs::remove_dir_all(&certs);
+}
