@@ -29,6 +29,8 @@ mod kamailio;
 
 #[path = "support/calls.rs"]
 mod calls;
+#[path = "support/ports.rs"]
+mod ports;
 
 use calls::*;
 use std::time::Duration;

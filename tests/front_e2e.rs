@@ -239,6 +239,20 @@ fn provider_final(uac: &Uac, timeout: Duration) -> Option<String> {
         .rfind(|m| status_of(m).is_some_and(|s| s >= 200))
 }
 
+/// Waits (up to 3 s) until `name` reaches `want` (shards publish their
+/// counters every second).
+fn wait_metric(sipis: &Serve, name: &str, want: f64) {
+    let end = Instant::now() + Duration::from_secs(3);
+    while sipis.metric(name).unwrap_or(0.0) < want {
+        assert!(
+            Instant::now() < end,
+            "{name} never reached {want}:\n{}",
+            sipis.metrics()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn front_config(extra: &str) -> String {
     format!("[tcp]\nenabled = true\n{extra}")
 }
@@ -328,29 +342,53 @@ fn a_phone_over_tcp_registers_pings_and_gets_its_call_over_its_connection() {
 }
 
 #[test]
-fn a_closed_connection_removes_its_binding_at_once() {
+fn a_closed_connection_removes_its_binding_at_once_and_the_next_call_pushes() {
     let _g = serial();
     let sipis = Serve::start("tcp-close", 2, &front_config(""));
     let account = sipis.add_account("tcpbob", "secret-tcp-2");
     sipis.wait_account(&account, PROVIDER);
+    let contact = "<sip:tcpbob@10.255.0.9:5999;transport=tcp;pn-provider=apns;\
+                   pn-prid=00fc13adff78512;pn-param=ABCDE12345.com.example.voip>";
     let mut phone = tcp_phone(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)), sipis.phone_addr());
-    let ok = phone.register(&account, "<sip:tcpbob@10.255.0.9:5999;transport=tcp>");
+    let ok = phone.register(&account, contact);
     assert_eq!(status_of(&ok), Some(200), "{ok}");
+
+    // Connected: INVITEd over its connection, not pushed.
+    let mut provider = Uac::bind(PROVIDER);
+    provider_invite(&mut provider, &sipis, &account);
+    let inv = phone.recv(Duration::from_secs(3)).expect("INVITE over TCP");
+    phone.send(&answer(&inv, 486, "Busy Here", "ph3", ""));
+    let fin = provider_final(&provider, Duration::from_secs(3)).expect("486");
+    assert_eq!(status_of(&fin), Some(486), "{fin}");
+    // Shards publish their counters every second.
+    wait_metric(&sipis, "sipis_calls_total", 1.0);
+    assert_eq!(sipis.metric("sipis_pushes_requested_total"), Some(0.0));
+
     drop(phone);
     std::thread::sleep(Duration::from_millis(300));
-
+    // The binding went with the connection: the device is pushed (the push
+    // fails here, no push service is configured: 480 at once).
+    // (A new caller socket: the first call's 486, never ACKed here, is
+    // still being retransmitted to the old one.)
     let mut provider = Uac::bind(PROVIDER);
     let started = Instant::now();
     provider_invite(&mut provider, &sipis, &account);
     let fin = provider_final(&provider, Duration::from_secs(5)).expect("a final answer");
-    assert_eq!(status_of(&fin), Some(480), "no device left: {fin}");
+    assert_eq!(status_of(&fin), Some(480), "{fin}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "answered at once, not after a timeout"
     );
+    wait_metric(&sipis, "sipis_calls_total", 2.0);
     let m = sipis.metrics();
     assert_eq!(
-        metric_in(&m, "sipis_connections_closed_total{reason=\"peer\"}"),
+        metric_in(&m, "sipis_pushes_requested_total"),
+        Some(1.0),
+        "{m}"
+    );
+    // Closed by the phone (a reset: it left the 486's ACK unread).
+    assert_eq!(
+        metric_in(&m, "sipis_connections_closed_total"),
         Some(1.0),
         "{m}"
     );

@@ -24,13 +24,15 @@
 
 #[path = "support/kamailio.rs"]
 mod kamailio;
+#[path = "support/ports.rs"]
+mod ports;
 
 use kamailio::{Kamailio, Location};
 use serde_json::{json, Value};
 use sipis::config::Config;
 use sipis::runtime::{shard_of, Server};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{TcpListener, UdpSocket};
+use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -381,25 +383,7 @@ impl Drop for TempDir {
 
 /// `n` consecutive free UDP ports on loopback.
 fn free_udp_ports(n: u16) -> u16 {
-    'outer: for _ in 0..50 {
-        let base = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if base > 65535 - n {
-            continue;
-        }
-        let mut held = Vec::new();
-        for p in base..base + n {
-            match UdpSocket::bind(("127.0.0.1", p)) {
-                Ok(s) => held.push(s),
-                Err(_) => continue 'outer,
-            }
-        }
-        return base;
-    }
-    panic!("no {n} consecutive free UDP ports");
+    ports::free_udp_port_run(n)
 }
 
 fn free_tcp_port() -> u16 {

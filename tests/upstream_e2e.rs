@@ -44,12 +44,9 @@ fn make_certs(dir: &std::path::Path) -> (String, String, String) {
     (s(c), s(k), s(a))
 }
 
+/// A free TCP port below the ephemeral range (see `ports.rs`).
 fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    ports::free_udp_port_run(1)
 }
 
 /// Waits for `user`@kam.test to have a binding at Kamailio; returns it.
@@ -178,6 +175,68 @@ fn sipis_registers_over_tcp_and_tls_and_calls_come_back_over_its_connections() {
             && log.contains("from tcp:127.0.0.1"),
         "sipis's answers reached Kamailio over TCP and TLS:\n{}",
         kam.log_tail(40)
+    );
+    let _ = std::fs::remove_dir_all(&certs);
+}
+
+#[test]
+fn a_broken_connection_is_opened_again_and_its_accounts_registered_again() {
+    let certs = std::env::temp_dir().join(format!("sipis-upstream-re-{}", std::process::id()));
+    let (cert, key, _) = make_certs(&certs);
+    let (tcp, tls) = (free_tcp_port(), free_tcp_port());
+    let vars = [
+        ("@TCP_PORT@", tcp.to_string()),
+        ("@TLS_PORT@", tls.to_string()),
+        ("@CERT@", cert.clone()),
+        ("@KEY@", key.clone()),
+    ];
+    let mut kam = Kamailio::start_config("provider_stream.cfg", PROVIDER_STREAM, &vars);
+    let sipis = Serve::start(
+        "upstream-restart",
+        2,
+        "[sip]\nretry_base = \"1s\"\nretry_max = \"2s\"\n",
+    );
+    let users = ["redave", "reerin", "refrank", "regina"];
+    for user in users {
+        let (status, v) = sipis.api(
+            "POST",
+            "/accounts",
+            Some(json!({
+                "aor": format!("sip:{user}@kam.test"),
+                "auth_user": user,
+                "password": format!("pw-{user}"),
+                "registrar": format!("sip:127.0.0.1:{tcp};transport=tcp"),
+                "expires": 3600,
+            })),
+        );
+        assert_eq!(status, 201, "{v}");
+    }
+    for user in users {
+        wait_binding(&mut kam, user, Duration::from_secs(10));
+    }
+    // The provider restarts and forgets every binding (in-memory usrloc);
+    // sipis's connections break.
+    drop(kam);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut kam = Kamailio::start_config("provider_stream.cfg", PROVIDER_STREAM, &vars);
+    let started = Instant::now();
+    for user in users {
+        wait_binding(&mut kam, user, Duration::from_secs(15));
+    }
+    eprintln!(
+        "all {} accounts registered again {:?} after the restart",
+        users.len(),
+        started.elapsed()
+    );
+    let log = sipis.log();
+    assert!(
+        log.contains("connection to registrar closed"),
+        "the break is logged:\n{log}"
+    );
+    let m = sipis.metrics();
+    assert!(
+        metric_in(&m, "sipis_connections_connected_total").unwrap_or(0.0) >= 3.0,
+        "connections opened again:\n{m}"
     );
     let _ = std::fs::remove_dir_all(&certs);
 }

@@ -553,7 +553,10 @@ fn bind_udp_shared(addr: SocketAddr, buffer: usize) -> std::io::Result<Socket> {
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
+        // `::` takes IPv4 and IPv6 phones on one socket (IPv4 peers are
+        // seen as themselves: the accept loop unmaps them); a specific
+        // IPv6 address only IPv6.
+        socket.set_only_v6(!addr.ip().is_unspecified())?;
     }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -575,4 +578,23 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<Socket> {
     let _ = socket.set_send_buffer_size(buffer);
     socket.bind(&addr.into())?;
     Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tcp_listener_on_unspecified_ipv6_takes_ipv4_and_ipv6_phones() {
+        let s = bind_tcp("[::]:0".parse().unwrap()).unwrap();
+        let port = s.local_addr().unwrap().as_socket().unwrap().port();
+        let l: std::net::TcpListener = s.into();
+        l.set_nonblocking(false).unwrap();
+        let v4 = std::net::TcpStream::connect(("127.0.0.1", port)).expect("IPv4 phone");
+        let (_, from) = l.accept().unwrap();
+        assert_eq!(from.ip().to_canonical(), v4.local_addr().unwrap().ip());
+        std::net::TcpStream::connect(("::1", port)).expect("IPv6 phone");
+        let (_, from) = l.accept().unwrap();
+        assert!(from.is_ipv6());
+    }
 }

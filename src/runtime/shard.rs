@@ -415,6 +415,8 @@ async fn accept_loop(shell: Rc<Shell>, listener: TcpListener, tls: bool) {
         let Ok(peer) = stream.peer_addr() else {
             continue;
         };
+        // An IPv4 phone on a dual-stack listener: its own address.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let n = shell.next_conn.get();
         shell.next_conn.set(n + 1);
         // Low byte: this shard; bit 8 clear (the engine's connections to

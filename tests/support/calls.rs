@@ -97,22 +97,10 @@ pub fn free_udp_port() -> u16 {
 
 /// `n` consecutive free UDP ports on loopback (sipis: the phone port and
 /// one per shard).
+/// `n` consecutive free UDP ports, the first also free for TCP (see
+/// `tests/support/ports.rs`).
 pub fn free_udp_ports(n: u16) -> u16 {
-    'outer: for _ in 0..50 {
-        let base = free_udp_port();
-        if base > 65535 - n {
-            continue;
-        }
-        let mut held = Vec::new();
-        for p in base..base + n {
-            match UdpSocket::bind(("127.0.0.1", p)) {
-                Ok(s) => held.push(s),
-                Err(_) => continue 'outer,
-            }
-        }
-        return base;
-    }
-    panic!("no {n} consecutive free UDP ports");
+    crate::ports::free_udp_port_run(n)
 }
 
 pub fn free_tcp_port() -> u16 {
