@@ -1018,6 +1018,12 @@ pub struct SippSpec {
     pub ooc: Option<String>,
     /// `-d`: the length of a bare `<pause/>`, in ms.
     pub pause_ms: Option<u64>,
+    /// `-t`: `u1` (UDP, sipp's default) when `None`; `t1` is one TCP
+    /// connection for every call.
+    pub transport: Option<String>,
+    /// `-recv_timeout`: the longest any `<recv>` without its own timeout
+    /// waits before the call fails.
+    pub recv_timeout: Option<Duration>,
     pub timeout: Duration,
 }
 
@@ -1035,6 +1041,8 @@ impl SippSpec {
             auth_uri: None,
             ooc: None,
             pause_ms: None,
+            transport: None,
+            recv_timeout: None,
             timeout: SIPP_TIMEOUT,
         }
     }
@@ -1076,6 +1084,14 @@ impl SippSpec {
     }
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
+        self
+    }
+    pub fn transport(mut self, t: &str) -> Self {
+        self.transport = Some(t.to_string());
+        self
+    }
+    pub fn recv_timeout(mut self, t: Duration) -> Self {
+        self.recv_timeout = Some(t);
         self
     }
     pub fn spawn(self, dir: &Path) -> Sipp {
@@ -1158,6 +1174,12 @@ impl Sipp {
         }
         if let Some(d) = spec.pause_ms {
             cmd.arg("-d").arg(d.to_string());
+        }
+        if let Some(t) = &spec.transport {
+            cmd.arg("-t").arg(t);
+        }
+        if let Some(t) = spec.recv_timeout {
+            cmd.arg("-recv_timeout").arg(t.as_millis().to_string());
         }
         for (k, v) in &spec.keys {
             cmd.arg("-key").arg(k).arg(v);
