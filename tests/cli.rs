@@ -192,6 +192,47 @@ fn check_config_reports_missing_files_and_syntax() {
 }
 
 #[test]
+fn check_config_loads_the_sip_tls_certificate_and_key() {
+    use rcgen::{CertificateParams, KeyPair};
+    let cert_key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["sip.example".to_string()])
+        .unwrap()
+        .self_signed(&cert_key)
+        .unwrap();
+    let other_key = KeyPair::generate().unwrap();
+    let cert_file = temp_file("sip.crt", &cert.pem());
+    let key_file = temp_file("sip.key", &cert_key.serialize_pem());
+    let wrong_key = temp_file("other.key", &other_key.serialize_pem());
+    let config = |key: &std::path::Path| {
+        format!(
+            "[server]\npublic_host = \"h.example\"\ndata_dir = \"{}\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            std::env::temp_dir().display(),
+            cert_file.display(),
+            key.display()
+        )
+    };
+    let good = temp_file("tls-good.toml", &config(&key_file));
+    let out = sipis(&["check-config", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+
+    // The key of another certificate: named by key.
+    let bad = temp_file("tls-bad.toml", &config(&wrong_key));
+    let out = sipis(&["check-config", bad.to_str().unwrap()]);
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("tls.key:"), "{stderr}");
+    assert!(stderr.contains("unusable key for certificate"), "{stderr}");
+
+    // A key file that is not PEM.
+    let junk = temp_file("junk.key", "not a key\n");
+    let bad = temp_file("tls-junk.toml", &config(&junk));
+    let out = sipis(&["check-config", bad.to_str().unwrap()]);
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("tls.key:"), "{stderr}");
+}
+
+#[test]
 fn serve_refuses_a_bad_configuration() {
     let file = temp_file("serve.toml", "[sip]\nt1 = \"0ms\"\n");
     let out = sipis(&["serve", "--config", file.to_str().unwrap()]);

@@ -491,7 +491,7 @@ fn a_phone_over_tls_registers_and_gets_its_call_over_its_connection() {
         "tls-call",
         2,
         &format!(
-            "[tls]\nport = {tls_port}\ncert = \"{}\"\nkey = \"{}\"\n",
+            "[tls]\nport = {tls_port}\ncert = \"{}\"\nkey = \"{}\"\nhandshake_timeout = \"1s\"\n",
             cert.display(),
             key.display()
         ),
@@ -556,6 +556,42 @@ fn a_phone_over_tls_registers_and_gets_its_call_over_its_connection() {
         b"\r\n",
         "the connection made before the reload still works"
     );
+
+    // A client that never finishes its handshake is cut after
+    // handshake_timeout; one that sends garbage at once; the phones above
+    // are not disturbed.
+    let mut mute = tcp_phone(
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)),
+        SocketAddr::from(([127, 0, 0, 1], tls_port)),
+    );
+    let mut garbage = tcp_phone(
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)),
+        SocketAddr::from(([127, 0, 0, 1], tls_port)),
+    );
+    garbage.send("REGISTER sip:sec.test SIP/2.0\r\n\r\n");
+    assert!(
+        garbage.closed_within(Duration::from_secs(2)),
+        "not TLS: closed"
+    );
+    assert!(
+        mute.closed_within(Duration::from_secs(4)),
+        "handshake timeout"
+    );
+    let m = sipis.metrics();
+    for (name, want) in [
+        (
+            "sipis_connections_closed_total{reason=\"handshake_timeout\"}",
+            1.0,
+        ),
+        // The garbage, and the client that refused the reloaded
+        // certificate (its alert ends the handshake).
+        ("sipis_connections_closed_total{reason=\"tls_error\"}", 2.0),
+        ("sipis_tls_handshake_failures_total", 2.0),
+    ] {
+        assert_eq!(metric_in(&m, name), Some(want), "{name}:\n{m}");
+    }
+    fresh_phone.send("\r\n\r\n");
+    assert_eq!(fresh_phone.recv_raw(2, Duration::from_secs(2)), b"\r\n");
     let _ = std::fs::remove_dir_all(&certs);
 }
 

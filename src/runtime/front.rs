@@ -821,6 +821,26 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_that_does_not_read_is_cut_past_the_write_queue() {
+        let limits = ConnLimits {
+            max_write_queue: 100_000,
+            ..ConnLimits::default()
+        };
+        let conn = Conn::new(1, "127.0.0.1:5000".parse().unwrap(), None, Instant::now());
+        let msg = vec![b'x'; 30_000];
+        for _ in 0..3 {
+            conn.send(&msg, &limits);
+        }
+        assert_eq!(conn.closing.get(), None, "90 000 bytes queued: within");
+        conn.send(&msg, &limits);
+        assert_eq!(conn.closing.get(), Some(CloseReason::WriteQueue));
+        // Nothing more is queued once it is closing.
+        let queued = conn.out.borrow().len();
+        conn.send(&msg, &limits);
+        assert_eq!(conn.out.borrow().len(), queued);
+    }
+
+    #[test]
     fn an_unregistered_connection_times_out_before_a_registered_one() {
         let l = ConnLimits::default();
         let now = Instant::now();
