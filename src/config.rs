@@ -215,6 +215,10 @@ pub struct SipConfig {
     pub default_expires: u32,
     /// Most transactions in flight per shard, server and client each.
     pub max_transactions: usize,
+    /// How often a registrar that stopped answering is probed (OPTIONS).
+    pub registrar_probe: Duration,
+    /// OPTIONS keep-alive to registrars while they answer; `None`: off.
+    pub registrar_keepalive: Option<Duration>,
 }
 
 impl Default for SipConfig {
@@ -233,6 +237,8 @@ impl Default for SipConfig {
             user_agent: reg.user_agent,
             default_expires: 3600,
             max_transactions: engine.max_server_transactions,
+            registrar_probe: reg.probe_interval,
+            registrar_keepalive: reg.keepalive,
         }
     }
 }
@@ -996,6 +1002,8 @@ impl Config {
                 retry_base: self.sip.retry_base,
                 retry_max: self.sip.retry_max,
                 user_agent: self.sip.user_agent.clone(),
+                probe_interval: self.sip.registrar_probe,
+                keepalive: self.sip.registrar_keepalive,
             },
             phone_contact_host: host_port(&self.public_host(), self.server.sip_port),
             tcp_host: host_port(&self.public_host(), self.tcp_port()),
@@ -1146,6 +1154,8 @@ struct RawSip {
     user_agent: V,
     default_expires: V,
     max_transactions: V,
+    registrar_probe: V,
+    registrar_keepalive: V,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -1996,6 +2006,21 @@ fn convert(raw: RawFile, r: &mut Reader) -> Config {
                 100..=10_000_000,
             )
             .map_or(d.sip.max_transactions, |n| n as usize),
+        registrar_probe: r
+            .duration(
+                "sip.registrar_probe",
+                s.registrar_probe,
+                ms(500)..=secs(600),
+            )
+            .unwrap_or(d.sip.registrar_probe),
+        // "0s" turns it off (the default).
+        registrar_keepalive: r
+            .duration(
+                "sip.registrar_keepalive",
+                s.registrar_keepalive,
+                Duration::ZERO..=secs(3600),
+            )
+            .map_or(d.sip.registrar_keepalive, |k| (!k.is_zero()).then_some(k)),
     };
 
     let s = raw.calls.unwrap_or_default();

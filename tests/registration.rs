@@ -396,3 +396,72 @@ fn initial_registers_of_100k_accounts_respect_the_rate_and_refreshes_stay_spread
     );
     assert!(s.registrar.lapses.is_empty());
 }
+
+#[test]
+fn a_registrar_that_restarts_empty_gets_every_account_back_soon_after_it_returns() {
+    let mut s = sim_with(EngineConfig {
+        via: ENGINE.into(),
+        contact_host: ENGINE.into(),
+        // The defaults: 200 REGISTERs/s, bursts of 10.
+        registration: sipis::RegistrationConfig {
+            keepalive: Some(Duration::from_secs(10)),
+            ..Default::default()
+        },
+        ..EngineConfig::default()
+    });
+    add_users(&mut s, 1000, 3600);
+    s.run_for(Duration::from_secs(30));
+    let registered = |s: &Sim| {
+        (1..=1000)
+            .filter(|&id| {
+                matches!(
+                    s.engine.account_status(id),
+                    Some(RegStatus::Registered { .. })
+                )
+            })
+            .count()
+    };
+    assert_eq!(registered(&s), 1000);
+
+    // The registrar goes away for a minute...
+    s.registrar.mode = Mode::Silent;
+    let regs_before = s.registrar.log.len();
+    s.run_for(Duration::from_secs(60));
+    // ...a keep-alive timed out: nobody claims a binding sipis has reason
+    // to doubt, and no REGISTER storm hit the dead registrar.
+    assert_eq!(registered(&s), 0, "accounts still say registered");
+    assert_eq!(s.engine.stats().registrar_outages, 1);
+    assert!(
+        s.registrar.log.len() - regs_before < 50,
+        "{} REGISTERs during the outage",
+        s.registrar.log.len() - regs_before
+    );
+    // ...and comes back having lost every binding.
+    s.registrar.bindings.clear();
+    s.registrar.mode = Mode::Serve;
+    let back = s.now;
+    s.run_for(Duration::from_secs(15));
+    let live = (1..=1000)
+        .filter(|&id| !s.registrar.live(&aor(id), s.now).is_empty())
+        .count();
+    assert_eq!(
+        live, 1000,
+        "bindings at the registrar 15 s after its return"
+    );
+    assert_eq!(registered(&s), 1000);
+    assert_eq!(s.engine.stats().registrar_recoveries, 1);
+    let last = s
+        .registrar
+        .log
+        .iter()
+        .filter(|r| r.0 >= back)
+        .map(|r| r.0)
+        .max()
+        .unwrap();
+    eprintln!(
+        "all 1000 registered again within {:.1} s of the registrar's return ({} OPTIONS probes)",
+        (last - back).as_secs_f64(),
+        s.registrar.options
+    );
+    assert!(last - back < Duration::from_secs(10));
+}

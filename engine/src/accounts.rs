@@ -10,8 +10,8 @@ use crate::config::EngineConfig;
 use crate::context::{Context, Timer};
 use crate::output::{Event, Flow};
 use crate::registration::{
-    AccountConfig, AccountId, Next, RegError, RegStatus, Registration, RegistrationConfig,
-    SavedRegistration, Transport,
+    AccountConfig, AccountId, Next, RegError, RegStatus, Registrar, Registration,
+    RegistrationConfig, SavedRegistration, Transport,
 };
 use crate::transaction::{Kind, TxKey};
 use crate::transactions::{Transactions, TxOwner};
@@ -84,6 +84,35 @@ pub(crate) struct Accounts {
     /// destination: every account registering there shares one.
     upstream: HashMap<(SocketAddr, Transport), Flow>,
     next_conn: u64,
+    /// The registrars this shard's accounts register at, and whether they
+    /// answer ([`Health`]); indexed by the address REGISTERs go to.
+    health: Vec<Health>,
+    health_ix: HashMap<SocketAddr, u32>,
+}
+
+/// What a shard knows of one registrar (or outbound proxy): whether it
+/// answers. A REGISTER that times out, fails in transport or gets a 5xx
+/// marks it down: the accounts registered there stop saying `Registered`.
+/// A silent one is probed with OPTIONS every `probe_interval`; its first
+/// answer (to a probe or to any REGISTER) marks it up again and every
+/// account bound there registers again at once, at the REGISTER rate — a
+/// registrar that restarted has usually lost its bindings. One that
+/// answers 5xx is up again when it accepts a REGISTER (its accounts' own
+/// back-off and Retry-After keep probing it gently).
+struct Health {
+    addr: SocketAddr,
+    /// Request-URI of the probes (a registrar URI of its accounts).
+    uri: Box<str>,
+    transport: Transport,
+    server_name: Option<Box<str>>,
+    down_since: Option<Instant>,
+    /// Down because it answers 5xx (alive but refusing): only a REGISTER
+    /// it accepts brings it back — an OPTIONS answer does not, so the
+    /// accounts' back-off and Retry-After hold.
+    refusing: bool,
+    probe_timer: Option<TimerHandle>,
+    /// An OPTIONS is in flight.
+    probing: bool,
 }
 
 impl Accounts {
@@ -108,6 +137,8 @@ impl Accounts {
             rate_timer: None,
             upstream: HashMap::new(),
             next_conn: 0,
+            health: Vec::new(),
+            health_ix: HashMap::new(),
         }
     }
 
@@ -303,6 +334,7 @@ impl Accounts {
             return;
         };
         a.tx = None;
+        let target = a.cfg.registrar.as_ref().map(|r| r.addr);
         let before = a.reg.status();
         let next = a
             .reg
@@ -321,6 +353,12 @@ impl Accounts {
         }
         self.status_event(ctx, id, before);
         self.schedule(ctx, txs, now, id, next);
+        if let Some(addr) = target {
+            match msg.status().unwrap_or(0) {
+                code @ 500..=599 => self.registrar_failed(ctx, now, addr, RegError::Status(code)),
+                _ => self.registrar_answered(ctx, txs, now, addr),
+            }
+        }
     }
 
     /// An account's REGISTER got no answer or could not be sent.
@@ -336,6 +374,7 @@ impl Accounts {
             return;
         };
         a.tx = None;
+        let target = a.cfg.registrar.as_ref().map(|r| r.addr);
         let before = a.reg.status();
         let next = a
             .reg
@@ -343,6 +382,265 @@ impl Accounts {
         ctx.stats.register_failed += 1;
         self.status_event(ctx, id, before);
         self.schedule(ctx, txs, now, id, next);
+        if let Some(addr) = target {
+            self.registrar_failed(ctx, now, addr, error);
+        }
+    }
+
+    // ---- registrar health ---------------------------------------------------------
+
+    /// The registrar table's entry for `addr`, made from `reg` if new.
+    fn health_entry(&mut self, ctx: &mut Context, now: Instant, reg: &Registrar) -> u32 {
+        if let Some(&i) = self.health_ix.get(&reg.addr) {
+            return i;
+        }
+        let (transport, server_name) = reg.transport();
+        let uri = reg.outbound_proxy.as_deref().unwrap_or(&reg.uri);
+        let i = self.health.len() as u32;
+        self.health.push(Health {
+            addr: reg.addr,
+            uri: uri.into(),
+            transport,
+            server_name: server_name.map(Into::into),
+            down_since: None,
+            refusing: false,
+            probe_timer: None,
+            probing: false,
+        });
+        self.health_ix.insert(reg.addr, i);
+        if let Some(every) = self.settings.registration.keepalive {
+            self.health[i as usize].probe_timer =
+                Some(ctx.wheel.insert(now + every, Timer::Probe(i)));
+        }
+        i
+    }
+
+    /// A registrar did not answer (or answered 5xx): the first time, it is
+    /// down — its registered accounts are doubted and probing starts.
+    fn registrar_failed(
+        &mut self,
+        ctx: &mut Context,
+        now: Instant,
+        addr: SocketAddr,
+        error: RegError,
+    ) {
+        let Some(&i) = self.health_ix.get(&addr) else {
+            return;
+        };
+        let h = &mut self.health[i as usize];
+        let refusing = matches!(error, RegError::Status(_));
+        if h.down_since.is_some() {
+            h.refusing = refusing;
+            return;
+        }
+        h.down_since = Some(now);
+        h.refusing = refusing;
+        ctx.cancel(h.probe_timer.take());
+        if !refusing {
+            // Silent: probe until it answers. A refusing one is probed by
+            // its accounts' own retries.
+            h.probe_timer = Some(ctx.wheel.insert(
+                now + self.settings.registration.probe_interval,
+                Timer::Probe(i),
+            ));
+        }
+        ctx.stats.registrar_outages += 1;
+        let mut doubted = 0;
+        for (id, a) in self.accounts.iter_mut() {
+            if a.cfg.registrar.as_ref().is_some_and(|r| r.addr == addr) && a.reg.doubt(error) {
+                doubted += 1;
+                ctx.events.push_back(Event::Registration {
+                    account: *id,
+                    status: a.reg.status(),
+                });
+            }
+        }
+        ctx.events.push_back(Event::RegistrarDown {
+            addr,
+            error,
+            accounts: doubted,
+        });
+    }
+
+    /// A registrar answered: if it was down, it is up again and every
+    /// account waiting on it registers again now (at the queue's pace).
+    fn registrar_answered(
+        &mut self,
+        ctx: &mut Context,
+        txs: &mut Transactions,
+        now: Instant,
+        addr: SocketAddr,
+    ) {
+        let Some(&i) = self.health_ix.get(&addr) else {
+            return;
+        };
+        let keepalive = self.settings.registration.keepalive;
+        let h = &mut self.health[i as usize];
+        let Some(since) = h.down_since.take() else {
+            return;
+        };
+        h.refusing = false;
+        ctx.cancel(h.probe_timer.take());
+        if let Some(every) = keepalive {
+            h.probe_timer = Some(ctx.wheel.insert(now + every, Timer::Probe(i)));
+        }
+        ctx.stats.registrar_recoveries += 1;
+        let again: Vec<AccountId> = self
+            .accounts
+            .iter()
+            .filter(|(_, a)| {
+                a.tx.is_none()
+                    && a.reg.wants_retry()
+                    && a.cfg.registrar.as_ref().is_some_and(|r| r.addr == addr)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        ctx.events.push_back(Event::RegistrarUp {
+            addr,
+            down_for: now.saturating_duration_since(since),
+            accounts: again.len(),
+        });
+        for id in again {
+            if let Some(a) = self.accounts.get_mut(&id) {
+                ctx.cancel(a.timer.take());
+            }
+            self.enqueue(id, false);
+        }
+        self.drain(ctx, txs, now);
+    }
+
+    /// A registrar's probe timer: send an OPTIONS (while it is down, or as
+    /// the keep-alive while it is up).
+    pub fn on_probe_timer(
+        &mut self,
+        ctx: &mut Context,
+        txs: &mut Transactions,
+        now: Instant,
+        i: u32,
+    ) {
+        let Some(h) = self.health.get_mut(i as usize) else {
+            return;
+        };
+        h.probe_timer = None;
+        if h.probing {
+            return;
+        }
+        let (addr, transport) = (h.addr, h.transport);
+        let server_name = h.server_name.as_deref().map(str::to_owned);
+        let flow = match transport {
+            Transport::Udp => Flow::Udp,
+            Transport::Tcp | Transport::Tls => {
+                self.upstream_flow(ctx, addr, transport, server_name)
+            }
+        };
+        let s = &self.settings;
+        let via = match transport {
+            Transport::Udp => &s.via,
+            Transport::Tcp => &s.tcp_host,
+            Transport::Tls => &s.tls_host,
+        };
+        let h = &self.health[i as usize];
+        let branch = ctx.new_branch();
+        let mut tag = String::with_capacity(12);
+        ctx.rng.hex_into(&mut tag, 12);
+        let mut call_id = String::with_capacity(32);
+        ctx.rng.hex_into(&mut call_id, 32);
+        ctx.buf.clear();
+        let mut w = sipis_parser::Writer::request(&mut ctx.buf, Method::Options, h.uri.as_bytes());
+        let tname = match transport {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        };
+        w.via(tname, via, branch.as_bytes(), true);
+        w.header("Max-Forwards", b"70");
+        w.header_with("From", |o| {
+            o.extend_from_slice(b"<sip:sipis@");
+            o.extend_from_slice(via.as_bytes());
+            o.extend_from_slice(b">;tag=");
+            o.extend_from_slice(tag.as_bytes());
+        });
+        w.header_with("To", |o| {
+            o.extend_from_slice(b"<");
+            o.extend_from_slice(h.uri.as_bytes());
+            o.extend_from_slice(b">");
+        });
+        w.header("Call-ID", call_id.as_bytes());
+        w.header("CSeq", b"1 OPTIONS");
+        w.header("User-Agent", s.registration.user_agent.as_bytes());
+        w.finish(b"");
+        let bytes = ctx.buf.split().freeze();
+        let key = TxKey::for_request(branch.as_bytes(), via.as_bytes(), Method::Options);
+        ctx.stats.registrar_probes += 1;
+        txs.start_client(
+            ctx,
+            now,
+            bytes,
+            key,
+            addr,
+            flow,
+            Kind::NonInvite,
+            TxOwner::Probe(i),
+        );
+        self.health[i as usize].probing = true;
+    }
+
+    /// The answer to a probe: any answer but a 5xx means the registrar is
+    /// there.
+    pub fn on_probe_response(
+        &mut self,
+        ctx: &mut Context,
+        txs: &mut Transactions,
+        now: Instant,
+        i: u32,
+        code: u16,
+    ) {
+        let Some(h) = self.health.get_mut(i as usize) else {
+            return;
+        };
+        h.probing = false;
+        let addr = h.addr;
+        if h.refusing {
+            // It answers but refuses REGISTERs: only an accepted REGISTER
+            // ends that.
+            return;
+        }
+        if (500..600).contains(&code) {
+            self.registrar_failed(ctx, now, addr, RegError::Status(code));
+            self.probe_later(ctx, now, i);
+        } else {
+            self.registrar_answered(ctx, txs, now, addr);
+            if self.health[i as usize].probe_timer.is_none() {
+                self.probe_later(ctx, now, i);
+            }
+        }
+    }
+
+    /// A probe got no answer.
+    pub fn on_probe_failure(&mut self, ctx: &mut Context, now: Instant, i: u32, error: RegError) {
+        let Some(h) = self.health.get_mut(i as usize) else {
+            return;
+        };
+        h.probing = false;
+        let addr = h.addr;
+        self.registrar_failed(ctx, now, addr, error);
+        self.probe_later(ctx, now, i);
+    }
+
+    /// Arms the next probe: soon while down, at the keep-alive interval
+    /// while up (if on).
+    fn probe_later(&mut self, ctx: &mut Context, now: Instant, i: u32) {
+        let rc = &self.settings.registration;
+        let h = &mut self.health[i as usize];
+        let every = match h.down_since {
+            Some(_) if h.refusing => None,
+            Some(_) => Some(rc.probe_interval),
+            None => rc.keepalive,
+        };
+        ctx.cancel(h.probe_timer.take());
+        if let Some(every) = every {
+            h.probe_timer = Some(ctx.wheel.insert(now + every, Timer::Probe(i)));
+        }
     }
 
     /// The REGISTER transaction in `slot` is over.
@@ -449,6 +747,7 @@ impl Accounts {
         let Some(reg) = a.cfg.registrar.as_ref() else {
             return;
         };
+        self.health_entry(ctx, now, reg);
         let dest = reg.addr;
         let (transport, server_name) = reg.transport();
         let flow = match transport {

@@ -28,6 +28,9 @@ pub(crate) enum Timer {
     Register(AccountId),
     /// The REGISTER rate limiter allows the next send.
     RateLimit,
+    /// Time to probe a registrar with OPTIONS (index into the accounts'
+    /// registrar table).
+    Probe(u32),
     /// A call's timer (device wait, purge, CANCEL guard, 2xx
     /// retransmission, a connected device's answer wait).
     Call(usize, u64, CallTimer),

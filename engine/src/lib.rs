@@ -394,6 +394,10 @@ impl Engine {
                 }
                 Timer::Register(id) => self.accounts.on_timer(id),
                 Timer::RateLimit => self.accounts.on_rate_timer(),
+                Timer::Probe(i) => {
+                    self.accounts
+                        .on_probe_timer(&mut self.ctx, &mut self.txs, now, i)
+                }
                 Timer::Call(c, gen, which) => self.calls.on_timer(env!(self), now, c, gen, which),
             }
         }
@@ -606,6 +610,11 @@ impl Engine {
                         .leg_response(env!(self), now, c, gen, leg, msg, data)
                 }
                 TxOwner::Relay(r) => self.calls.relay_response(env!(self), now, r, msg, data),
+                TxOwner::Probe(i) if msg.status().unwrap_or(0) >= 200 => {
+                    let code = msg.status().unwrap_or(0);
+                    self.accounts
+                        .on_probe_response(&mut self.ctx, &mut self.txs, now, i, code)
+                }
                 _ => {}
             }
         }
@@ -636,6 +645,14 @@ impl Engine {
                     self.calls.leg_failed(env!(self), now, c, gen, leg, ev)
                 }
                 TxOwner::Relay(r) => self.calls.relay_failed(env!(self), now, r),
+                TxOwner::Probe(i) => {
+                    let error = if ev == ClientEvent::Timeout {
+                        RegError::Timeout
+                    } else {
+                        RegError::TransportError
+                    };
+                    self.accounts.on_probe_failure(&mut self.ctx, now, i, error)
+                }
                 TxOwner::None => {}
             }
         }

@@ -101,6 +101,21 @@ pub enum Event {
     /// it open past the idle timeout of unregistered connections. Only
     /// stream flows ([`Flow::is_stream`]) are reported.
     FlowBound { flow: Flow },
+    /// A registrar stopped answering (a REGISTER timed out, its transport
+    /// failed, or it answered 5xx): the `accounts` registered there no
+    /// longer count as registered; it is probed with OPTIONS.
+    RegistrarDown {
+        addr: SocketAddr,
+        error: crate::registration::RegError,
+        accounts: usize,
+    },
+    /// A registrar that was down answered again: the `accounts` bound there
+    /// register again now, at the REGISTER rate.
+    RegistrarUp {
+        addr: SocketAddr,
+        down_for: std::time::Duration,
+        accounts: usize,
+    },
     /// Open a connection to a registrar or proxy for `flow` (a TCP or TLS
     /// flow the engine chose the id of): the shell connects to `dest` and
     /// sends what the engine writes to `flow` over it once up; messages
@@ -164,6 +179,11 @@ pub struct Stats {
     /// Late-wake INVITEs sent, and those completed with CANCEL + 487.
     pub late_wakes: u64,
     pub late_wakes_completed: u64,
+    /// Registrars that stopped answering, and came back.
+    pub registrar_outages: u64,
+    pub registrar_recoveries: u64,
+    /// OPTIONS probes sent to registrars.
+    pub registrar_probes: u64,
     /// Devices with an open TCP/TLS flow pushed during a call after all:
     /// their INVITE got no provisional answer within
     /// [`CallConfig::stream_answer_wait`](crate::CallConfig) (a frozen

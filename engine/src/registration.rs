@@ -198,6 +198,13 @@ pub struct RegistrationConfig {
     pub retry_max: Duration,
     /// `User-Agent` written in REGISTERs.
     pub user_agent: String,
+    /// How often a registrar that stopped answering is probed with OPTIONS
+    /// until it answers again (then every account bound there registers
+    /// again).
+    pub probe_interval: Duration,
+    /// OPTIONS keep-alive to each registrar while it answers, to notice an
+    /// outage before a refresh does; `None`: off.
+    pub keepalive: Option<Duration>,
 }
 
 impl Default for RegistrationConfig {
@@ -206,6 +213,8 @@ impl Default for RegistrationConfig {
             retry_base: Duration::from_secs(2),
             retry_max: Duration::from_secs(300),
             user_agent: concat!("sipis/", env!("CARGO_PKG_VERSION")).into(),
+            probe_interval: Duration::from_secs(5),
+            keepalive: None,
         }
     }
 }
@@ -573,6 +582,27 @@ impl Registration {
             }
             Err(e) => self.fail(RegError::Digest(e)),
         }
+    }
+
+    /// The registrar stopped answering: a binding that looked live may be
+    /// gone with it, so it no longer says `Registered` (its refresh timer
+    /// stays; the registrar's recovery registers it again at once).
+    pub fn doubt(&mut self, error: RegError) -> bool {
+        if let RegStatus::Registered { expires_at, .. } = self.status {
+            self.status = RegStatus::Retrying {
+                error,
+                next: expires_at,
+            };
+            return true;
+        }
+        false
+    }
+
+    /// Whether a recovered registrar should get this account's REGISTER
+    /// now: it was doubted or is waiting out a back-off, and still wants a
+    /// binding.
+    pub fn wants_retry(&self) -> bool {
+        self.want_bound && matches!(self.status, RegStatus::Retrying { .. })
     }
 
     fn fail(&mut self, error: RegError) -> Next {

@@ -33,6 +33,8 @@ pub(crate) enum TxOwner {
     Leg(usize, u64, usize),
     /// A relayed in-dialog request (index into the relay table).
     Relay(usize),
+    /// An OPTIONS probing a registrar (index into the registrar table).
+    Probe(u32),
     /// Fire-and-forget (an unregister of a removed account, a CANCEL, a
     /// BYE or PRACK of sipis's own).
     None,

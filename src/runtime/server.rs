@@ -807,7 +807,7 @@ impl AdminApi for Core {
             );
         }
         // The call flow (sipis_engine::calls module doc): counters, then latencies.
-        let call_counters: [Counter; 11] = [
+        let call_counters: [Counter; 14] = [
             (
                 "sipis_phone_registers_total",
                 "REGISTERs from phones.",
@@ -858,6 +858,21 @@ impl AdminApi for Core {
                 "sipis_late_wakes_completed_total",
                 "Late wakes completed with CANCEL and 487.",
                 |s| s.late_wakes_completed,
+            ),
+            (
+                "sipis_registrar_outages_total",
+                "Times a registrar stopped answering (per shard that saw it).",
+                |s| s.registrar_outages,
+            ),
+            (
+                "sipis_registrar_recoveries_total",
+                "Times a registrar answered again after an outage (its accounts then register again).",
+                |s| s.registrar_recoveries,
+            ),
+            (
+                "sipis_registrar_probes_total",
+                "OPTIONS probes and keep-alives sent to registrars.",
+                |s| s.registrar_probes,
             ),
         ];
         for (name, help, f) in &call_counters {

@@ -683,6 +683,23 @@ fn handle_event(shell: &Shell, sink: &dyn EventSink, ev: Event) {
             dest,
             server_name,
         } => shell.connect(flow, dest, server_name),
+        Event::RegistrarDown {
+            addr,
+            error,
+            accounts,
+        } => tracing::warn!(
+            shard = shell.id,
+            "registrar down: {addr} ({error}); {accounts} accounts no longer counted as registered, probing every few seconds"
+        ),
+        Event::RegistrarUp {
+            addr,
+            down_for,
+            accounts,
+        } => tracing::info!(
+            shard = shell.id,
+            "registrar up again: {addr} after {}s; registering {accounts} accounts again",
+            down_for.as_secs()
+        ),
         Event::DeviceSaved {
             account,
             device,

@@ -51,6 +51,8 @@ pub struct SimRegistrar {
     /// transaction would.
     cache: HashMap<Vec<u8>, Bytes>,
     tag: u64,
+    /// OPTIONS received (probes and keep-alives).
+    pub options: u64,
 }
 
 impl SimRegistrar {
@@ -78,6 +80,7 @@ impl SimRegistrar {
             lapses: Vec::new(),
             cache: HashMap::new(),
             tag: 0,
+            options: 0,
         }
     }
 
@@ -235,6 +238,16 @@ impl Peer for SimRegistrar {
         let mut h = [EMPTY_HEADER; 32];
         let Ok(msg) = parse(data, &mut h) else { return };
         if !msg.is_request() {
+            return;
+        }
+        if msg.method() == Some(sipis::parser::Method::Options) {
+            // A probe: answered while serving, lost while silent.
+            self.options += 1;
+            if !matches!(self.mode, Mode::Silent) {
+                if let Some(r) = self.respond(data, from, 200, "OK", &[]) {
+                    out.push((from, r));
+                }
+            }
             return;
         }
         let Ok(via) = msg.top_via() else { return };
