@@ -97,6 +97,17 @@ impl Kamailio {
     /// `<dir>/<name>`): `@PORT@`, `@DIR@` and `@MPATH@` are replaced as for
     /// the registrar, then each `(placeholder, value)` of `vars`.
     pub fn start_config(name: &str, template: &str, vars: &[(&str, String)]) -> Kamailio {
+        Kamailio::start_config_on(free_udp_port(), name, template, vars)
+    }
+
+    /// As [`Kamailio::start_config`], on UDP port `port` (a restart of a
+    /// stopped instance on its port).
+    pub fn start_config_on(
+        port: u16,
+        name: &str,
+        template: &str,
+        vars: &[(&str, String)],
+    ) -> Kamailio {
         let bin = find_binary().unwrap_or_else(|| panic!("{INSTALL_HINT}"));
         let dir = std::env::temp_dir().join(format!(
             "sipis-kam-{}-{}",
@@ -105,7 +116,6 @@ impl Kamailio {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create Kamailio temp dir");
-        let port = free_udp_port();
         let cfg_path = write_config(&dir, port, name, template, vars);
         let log = std::fs::File::create(dir.join("kamailio.log")).expect("create Kamailio log");
 
