@@ -163,6 +163,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Send `Expires: 0` for every registration on a graceful shutdown.
     pub unregister_on_shutdown: bool,
+    /// The longest a graceful shutdown takes (unregistrations answered,
+    /// store flushed).
+    pub shutdown_timeout: Duration,
     /// Largest SIP message accepted, in bytes.
     pub max_message_bytes: usize,
 }
@@ -176,6 +179,7 @@ impl Default for ServerConfig {
             shards: Shards::Auto,
             data_dir: PathBuf::from("/var/lib/sipis"),
             unregister_on_shutdown: false,
+            shutdown_timeout: Duration::from_secs(20),
             max_message_bytes: 65535,
         }
     }
@@ -1138,6 +1142,7 @@ struct RawServer {
     shards: V,
     data_dir: V,
     unregister_on_shutdown: V,
+    shutdown_timeout: V,
     max_message_bytes: V,
 }
 
@@ -1937,6 +1942,13 @@ fn convert(raw: RawFile, r: &mut Reader) -> Config {
         unregister_on_shutdown: r
             .boolean("server.unregister_on_shutdown", s.unregister_on_shutdown)
             .unwrap_or(d.server.unregister_on_shutdown),
+        shutdown_timeout: r
+            .duration(
+                "server.shutdown_timeout",
+                s.shutdown_timeout,
+                Duration::from_secs(1)..=Duration::from_secs(600),
+            )
+            .unwrap_or(d.server.shutdown_timeout),
         max_message_bytes: r
             .int(
                 "server.max_message_bytes",

@@ -138,3 +138,51 @@ fn every_account_is_registered_again_soon_after_the_registrar_returns_empty() {
         "{m}"
     );
 }
+
+#[test]
+fn sigterm_with_unregister_on_shutdown_removes_every_binding_before_exit() {
+    let mut kam = Kamailio::start();
+    let mut sipis = Serve::start_with(
+        "shutdown-unregister",
+        2,
+        "unregister_on_shutdown = true\nshutdown_timeout = \"20s\"",
+        "",
+    );
+    let registrar = format!("sip:127.0.0.1:{}", kam.port());
+    for i in 0..ACCOUNTS {
+        let user = format!("rr{i:04}");
+        let (status, v) = sipis.api(
+            "POST",
+            "/accounts",
+            Some(json!({
+                "aor": format!("sip:{user}@kam.test"),
+                "auth_user": user,
+                "password": format!("pw-{user}"),
+                "registrar": registrar,
+                "expires": 3600,
+            })),
+        );
+        assert_eq!(status, 201, "{v}");
+    }
+    wait_bound(&mut kam, ACCOUNTS, Duration::from_secs(30));
+    // Every account's state reached sipis's counters (and so its shards).
+    let end = Instant::now() + Duration::from_secs(5);
+    while registered(&sipis) < ACCOUNTS as f64 {
+        assert!(Instant::now() < end, "sipis does not count them registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log_before_stop = sipis.log().len();
+    let (status, took) = sipis
+        .stop(Duration::from_secs(25))
+        .expect("sipis exits within its shutdown bound");
+    let left = bound(&mut kam);
+    let log = sipis.log();
+    eprintln!(
+        "SIGTERM: exit {status} after {took:?}; {left} of {ACCOUNTS} bindings left at Kamailio\n{}",
+        &log[log_before_stop..]
+    );
+    assert!(status.success(), "{status}");
+    assert_eq!(left, 0, "bindings left at Kamailio after SIGTERM");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert!(log.contains("bindings removed"), "progress logged:\n{log}");
+}

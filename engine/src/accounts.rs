@@ -310,6 +310,20 @@ impl Accounts {
         true
     }
 
+    /// Raises the REGISTER rate to at least `rate` per second (shutdown).
+    pub fn raise_register_rate(&mut self, rate: u32) {
+        self.settings.register_rate = self.settings.register_rate.max(rate);
+        self.settings.register_burst = self.settings.register_burst.max(rate / 10);
+    }
+
+    /// Accounts unregistering: queued or in flight.
+    pub fn unregistrations_pending(&self) -> usize {
+        self.accounts
+            .values()
+            .filter(|a| !a.reg.wants_binding() && (a.queued || a.tx.is_some()))
+            .count()
+    }
+
     /// The accounts whose binding is live.
     pub fn registered(&self) -> Vec<AccountId> {
         self.accounts

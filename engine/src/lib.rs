@@ -135,7 +135,7 @@ use context::{Context, Timer};
 use hdrhistogram::Histogram;
 use sipis_parser::{self as parser, parse, Message, Method, EMPTY_HEADER};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use transactions::{respond_salvaged, respond_stateless, Transactions, TxOwner};
 
 /// The methods sipis handles (`Allow`).
@@ -284,10 +284,32 @@ impl Engine {
     }
 
     /// Unregisters every bound account (graceful shutdown, if configured).
-    pub fn unregister_all(&mut self, now: Instant) {
-        for id in self.accounts.registered() {
+    pub fn unregister_all(&mut self, now: Instant) -> usize {
+        let ids = self.accounts.registered();
+        for &id in &ids {
             self.unregister(now, id);
         }
+        ids.len()
+    }
+
+    /// Shutting down: every live binding is removed (`Expires: 0`), fast
+    /// enough to be done within `within` — the REGISTER rate is raised to
+    /// what that takes if the configured one is too slow. Returns how many
+    /// unregistrations started; [`Engine::unregistrations_pending`] counts
+    /// the ones not answered yet.
+    pub fn unregister_all_within(&mut self, now: Instant, within: Duration) -> usize {
+        let n = self.accounts.registered().len();
+        let secs = within.as_secs_f64().max(0.1);
+        let needed = (n as f64 / secs).ceil() as u32;
+        self.accounts.raise_register_rate(needed);
+        self.unregister_all(now)
+    }
+
+    /// Accounts whose unregistration is queued or in flight (shutdown
+    /// progress). A scan of the shard's accounts: for shutdown, not the hot
+    /// path.
+    pub fn unregistrations_pending(&self) -> usize {
+        self.accounts.unregistrations_pending()
     }
 
     /// Adds or replaces a device's push target (the admin API, or devices

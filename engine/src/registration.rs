@@ -598,6 +598,11 @@ impl Registration {
         false
     }
 
+    /// Whether it wants a binding (false once unregistering).
+    pub fn wants_binding(&self) -> bool {
+        self.want_bound
+    }
+
     /// Whether a recovered registrar should get this account's REGISTER
     /// now: it was doubted or is waiting out a back-off, and still wants a
     /// binding.

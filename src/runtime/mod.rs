@@ -86,6 +86,8 @@ pub(crate) enum Control {
     Status(AccountId, crossbeam_channel::Sender<Option<RegStatus>>),
     Shutdown {
         unregister: bool,
+        /// Unregistrations must be done by then.
+        within: Duration,
         done: crossbeam_channel::Sender<()>,
     },
 }
@@ -484,8 +486,9 @@ impl Shards {
             .collect()
     }
 
-    /// Stops every shard (optionally unregistering its accounts first) and
-    /// waits for them, at most `timeout`.
+    /// Stops every shard (optionally unregistering its accounts first: each
+    /// shard stops once every unregistration is answered, or at `timeout`)
+    /// and waits for them, at most `timeout` and a second.
     pub fn shutdown(mut self, unregister: bool, timeout: Duration) {
         let mut waits = Vec::new();
         for s in &self.shards {
@@ -493,6 +496,7 @@ impl Shards {
             if s.control
                 .send(Control::Shutdown {
                     unregister,
+                    within: timeout,
                     done: tx,
                 })
                 .is_ok()
@@ -500,7 +504,7 @@ impl Shards {
                 waits.push(rx);
             }
         }
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = std::time::Instant::now() + timeout + Duration::from_secs(1);
         for rx in waits {
             let _ = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
         }

@@ -122,6 +122,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Admin(e.to_string()))?;
     }
     let unregister = cfg.server.unregister_on_shutdown;
+    let bound = cfg.server.shutdown_timeout;
     let server = Server::start(&cfg)?;
     tracing::info!(
         shards = server.core.shards.len(),
@@ -139,8 +140,9 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
             server.reload();
         }
     }
-    tracing::info!(unregister, "shutting down");
-    server.stop(unregister);
+    tracing::info!(unregister, bound = ?bound, "shutting down");
+    server.stop_within(unregister, bound);
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -325,13 +327,18 @@ impl Server {
 
     /// Stops the admin API, then the shards (unregistering their accounts
     /// if asked), then flushes the store.
-    pub fn stop(mut self, unregister: bool) {
+    pub fn stop(self, unregister: bool) {
+        self.stop_within(unregister, Duration::from_secs(10));
+    }
+
+    /// Stops as [`Server::stop`], unregistrations bounded by `bound`.
+    pub fn stop_within(mut self, unregister: bool, bound: Duration) {
         if let Some(a) = self.admin.take() {
             a.shutdown();
         }
         match Arc::try_unwrap(self.core) {
             Ok(core) => {
-                core.shards.shutdown(unregister, Duration::from_secs(10));
+                core.shards.shutdown(unregister, bound);
                 let _ = core.store.shutdown(Duration::from_secs(10));
             }
             Err(core) => {

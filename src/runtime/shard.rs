@@ -151,7 +151,7 @@ pub(super) async fn run(ctx: ShardCtx) {
     let metrics = &shell.metrics;
     let mut last_metrics = Instant::now() - METRICS_EVERY;
     let mut last_reseed = Instant::now();
-    let mut shutdown: Option<(Instant, crossbeam_channel::Sender<()>)> = None;
+    let mut shutdown: Option<Stopping> = None;
     loop {
         let now = Instant::now();
         // Control: provisioning from the admin side.
@@ -178,17 +178,31 @@ pub(super) async fn run(ctx: ShardCtx) {
                 Control::Status(id, reply) => {
                     let _ = reply.send(e.account_status(id));
                 }
-                Control::Shutdown { unregister, done } => {
-                    if unregister {
-                        e.unregister_all(now);
-                    }
-                    // Give unregistrations a moment to be answered.
-                    let grace = if unregister {
-                        Duration::from_secs(2)
+                Control::Shutdown {
+                    unregister,
+                    within,
+                    done,
+                } => {
+                    // Unregistrations leave fast enough to be sent within
+                    // 60 % of the bound; the rest is for their answers.
+                    let total = if unregister {
+                        e.unregister_all_within(now, within.mul_f64(0.6))
                     } else {
-                        Duration::ZERO
+                        0
                     };
-                    shutdown = Some((now + grace, done));
+                    if total > 0 {
+                        tracing::info!(
+                            shard = id,
+                            "shutdown: removing {total} bindings (Expires: 0)"
+                        );
+                    }
+                    shutdown = Some(Stopping {
+                        deadline: now + within,
+                        total,
+                        checked: now,
+                        logged: now,
+                        done,
+                    });
                 }
             }
         }
@@ -205,9 +219,33 @@ pub(super) async fn run(ctx: ShardCtx) {
             last_metrics = now;
             publish(&engine.borrow(), metrics);
         }
-        if let Some((at, _)) = &shutdown {
-            if now >= *at {
+        if let Some(st) = &mut shutdown {
+            if st.total == 0 {
                 break;
+            }
+            if now.duration_since(st.checked) >= Duration::from_millis(50) || now >= st.deadline {
+                st.checked = now;
+                let left = engine.borrow().unregistrations_pending();
+                if left == 0 {
+                    tracing::info!(shard = id, "shutdown: all {} bindings removed", st.total);
+                    break;
+                }
+                if now >= st.deadline {
+                    tracing::warn!(
+                        shard = id,
+                        "shutdown: bound reached, {left} of {} unregistrations unanswered",
+                        st.total
+                    );
+                    break;
+                }
+                if now.duration_since(st.logged) >= Duration::from_secs(1) {
+                    st.logged = now;
+                    tracing::info!(
+                        shard = id,
+                        "shutdown: {left} of {} unregistrations pending",
+                        st.total
+                    );
+                }
             }
         }
         let wait = engine.borrow().poll_timeout().map_or(TICK, |d| {
@@ -222,9 +260,19 @@ pub(super) async fn run(ctx: ShardCtx) {
     }
     publish(&engine.borrow(), metrics);
     metrics.alive.store(false, Ordering::Release);
-    if let Some((_, done)) = shutdown {
-        let _ = done.send(());
+    if let Some(st) = shutdown {
+        let _ = st.done.send(());
     }
+}
+
+/// A shard asked to stop: until when, and how its unregistrations go.
+struct Stopping {
+    deadline: Instant,
+    /// Unregistrations started.
+    total: usize,
+    checked: Instant,
+    logged: Instant,
+    done: crossbeam_channel::Sender<()>,
 }
 
 /// One shard's state, shared by its tasks (all on the shard's thread).

@@ -55,6 +55,11 @@ impl Serve {
     /// at info in plain text, plus `extra` TOML (whole sections, e.g.
     /// `[sip]\nmax_transactions = 1000`).
     pub fn start(name: &str, shards: usize, extra: &str) -> Serve {
+        Serve::start_with(name, shards, "", extra)
+    }
+
+    /// As [`Serve::start`], with `server_extra` lines added to `[server]`.
+    pub fn start_with(name: &str, shards: usize, server_extra: &str, extra: &str) -> Serve {
         let dir = std::env::temp_dir().join(format!(
             "sipis-sec-{name}-{}-{}",
             std::process::id(),
@@ -75,6 +80,7 @@ public_host = "127.0.0.1"
 sip_port = {sip_port}
 shards = {shards}
 data_dir = "{data}"
+{server_extra}
 
 [admin]
 listen = "{admin}"
@@ -142,6 +148,24 @@ phone_realm = "{REALM}"
             serve.dir.display()
         );
         serve
+    }
+
+    /// SIGTERM, then waits (up to `timeout`) for sipis to exit: its exit
+    /// status and how long it took; `None` if it did not exit in time.
+    pub fn stop(&mut self, timeout: Duration) -> Option<(std::process::ExitStatus, Duration)> {
+        let mut child = self.child.take()?;
+        let start = Instant::now();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some((status, start.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     fn healthy(&self) -> bool {
