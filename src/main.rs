@@ -87,40 +87,47 @@ fn serve(path: &Path) -> ExitCode {
         Ok(c) => c,
         Err(problems) => return report(&problems),
     };
+    let level = init_logging(&config);
     let n = config.shard_count();
-    println!(
-        "sipis {}: starting {n} shard{}: phones on {}:{} (shared by every shard, \
-         SO_REUSEPORT), upstream on ports {}..={} (shard i: sip_port + 1 + i), \
-         public host {}",
+    // The start banner goes to the log (journald, a file), not only to a
+    // terminal.
+    tracing::info!(
+        "sipis {}: starting {n} shard{}: {}",
         env!("CARGO_PKG_VERSION"),
         if n == 1 { "" } else { "s" },
-        config.server.bind,
-        config.server.sip_port,
-        config.shard_port(0),
-        config.shard_port(n - 1),
-        config.public_host(),
+        config.summary(),
     );
-    match run_serve(config) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Runs the server until SIGTERM/SIGINT (see `sipis::runtime::serve`),
-/// with the push mediator inside it when `mediator.in_process` is set.
-fn run_serve(config: Config) -> anyhow::Result<()> {
-    init_logging(&config);
     if config.mediator.in_process {
-        println!(
+        tracing::info!(
             "push mediator in process on {} (this node calls it directly)",
             config.mediator.listen
         );
     }
-    sipis::runtime::serve(config)?;
-    Ok(())
+    let path = path.to_path_buf();
+    let reload = move |server: &sipis::runtime::Server| match load_checked(&path) {
+        // SIGHUP: what can change without a restart.
+        Ok(new) => {
+            let lvl = new.log.level.as_str();
+            match level(lvl) {
+                Ok(()) => tracing::info!("SIGHUP: {}: log level {lvl}", path.display()),
+                Err(e) => tracing::warn!("SIGHUP: log level not changed: {e}"),
+            }
+            server.reload();
+        }
+        Err(problems) => tracing::error!(
+            "SIGHUP: {} refused, nothing reloaded: {}",
+            path.display(),
+            problems.join("; ")
+        ),
+    };
+    match sipis::runtime::serve_with(config, reload) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `sipis mediator`: only the push mediator, until SIGTERM/SIGINT.
@@ -137,7 +144,7 @@ fn mediator(path: &Path) -> ExitCode {
             path.display()
         )]);
     }
-    init_logging(&config);
+    let _level = init_logging(&config);
     match run_mediator(&config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -172,17 +179,43 @@ fn run_mediator(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sets the log level while running (SIGHUP).
+type LevelReload = Box<dyn Fn(&str) -> Result<(), String> + Send>;
+
 /// `tracing` to stderr at `[log] level`, as text or JSON lines; `RUST_LOG`
-/// overrides the level for debugging.
-fn init_logging(config: &Config) {
+/// overrides the level for debugging. Colours only on a terminal (and not
+/// with `NO_COLOR`): a log file or journald gets plain text. Returns how to
+/// change the level later.
+fn init_logging(config: &Config) -> LevelReload {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(config.log.level.as_str()));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    let _ = match config.log.format {
-        sipis::config::LogFormat::Json => builder.json().try_init(),
-        sipis::config::LogFormat::Text => builder.try_init(),
-    };
+    match config.log.format {
+        sipis::config::LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            let _ = builder.try_init();
+            Box::new(move |level| {
+                handle
+                    .reload(EnvFilter::new(level))
+                    .map_err(|e| e.to_string())
+            })
+        }
+        sipis::config::LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            let _ = builder.try_init();
+            Box::new(move |level| {
+                handle
+                    .reload(EnvFilter::new(level))
+                    .map_err(|e| e.to_string())
+            })
+        }
+    }
 }

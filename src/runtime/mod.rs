@@ -17,6 +17,7 @@
 //! accepted the push, not at the next tick.
 
 pub mod front;
+mod lock;
 mod memlock;
 mod router;
 mod server;
@@ -24,7 +25,7 @@ mod shard;
 
 pub use memlock::{ensure as ensure_memlock, MemlockError};
 pub use router::Router;
-pub use server::{serve, ServeError, Server};
+pub use server::{serve, serve_with, ServeError, Server};
 
 use crate::engine::{EngineConfig, Stats};
 use crate::push::{PushOutcome, PushRequest};

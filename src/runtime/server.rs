@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 /// Why `serve` stopped or could not start.
 #[derive(Debug)]
 pub enum ServeError {
+    /// Another instance holds the data directory or the ports.
+    InUse(String),
     Store(String),
     Runtime(RuntimeError),
     Admin(String),
@@ -35,6 +37,7 @@ pub enum ServeError {
 impl fmt::Display for ServeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ServeError::InUse(e) => f.write_str(e),
             ServeError::Store(e) => write!(f, "store: {e}"),
             ServeError::Runtime(e) => e.fmt(f),
             ServeError::Admin(e) => write!(f, "admin API: {e}"),
@@ -96,6 +99,8 @@ impl EventSink for ServeSink {
 
 /// A running sipis.
 pub struct Server {
+    /// This instance's hold on its data directory (released on exit).
+    _lock: super::lock::InstanceLock,
     core: Arc<Core>,
     admin: Option<AdminServer>,
     /// The in-process mediator (`mediator.in_process`), stopped last.
@@ -114,8 +119,15 @@ struct Core {
     unresolved: Mutex<HashMap<AccountId, String>>,
 }
 
-/// Runs sipis until SIGTERM or SIGINT.
+/// Runs sipis until SIGTERM or SIGINT; SIGHUP reloads the TLS
+/// certificate.
 pub fn serve(cfg: Config) -> Result<(), ServeError> {
+    serve_with(cfg, |server| server.reload())
+}
+
+/// Runs sipis until SIGTERM or SIGINT, calling `on_hup` at each SIGHUP
+/// (the binary re-reads its configuration file there: log level, TLS).
+pub fn serve_with(cfg: Config, mut on_hup: impl FnMut(&Server)) -> Result<(), ServeError> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())
@@ -137,7 +149,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         if hup.swap(false, Ordering::Relaxed) {
-            server.reload();
+            on_hup(&server);
         }
     }
     tracing::info!(unregister, bound = ?bound, "shutting down");
@@ -150,6 +162,15 @@ impl Server {
     /// Opens the store, starts the shards, loads every account and starts
     /// the admin API.
     pub fn start(cfg: &Config) -> Result<Server, ServeError> {
+        // One instance per data directory and port.
+        let lock =
+            super::lock::InstanceLock::acquire(&cfg.server.data_dir).map_err(ServeError::InUse)?;
+        let phones = SocketAddr::new(cfg.server.bind, cfg.server.sip_port);
+        super::lock::port_free(
+            phones,
+            cfg.tcp.enabled && cfg.tcp_port() == cfg.server.sip_port,
+        )
+        .map_err(ServeError::InUse)?;
         let backend: Box<dyn Store> = match &cfg.store {
             StoreConfig::Embedded { .. } => {
                 let path = cfg
@@ -286,6 +307,7 @@ impl Server {
         let admin = AdminServer::start(admin_cfg, core.clone())
             .map_err(|e| ServeError::Admin(e.to_string()))?;
         Ok(Server {
+            _lock: lock,
             core,
             admin: Some(admin),
             mediator,

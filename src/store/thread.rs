@@ -403,7 +403,7 @@ impl Worker {
                             self.recovered();
                         }
                     }
-                    Ok(Reach::Down) => self.shared.available.store(false, Relaxed),
+                    Ok(Reach::Down) => self.mark_down("a request failed"),
                     Err(_) => {} // the caller sees its reply channel close
                 }
             }
@@ -451,13 +451,28 @@ impl Worker {
     }
 
     fn recovered(&mut self) {
-        self.shared.available.store(true, Relaxed);
+        if !self.shared.available.swap(true, Relaxed) {
+            tracing::info!(
+                pending = self.pending(),
+                "store up again: buffered writes are being written"
+            );
+        }
         self.retry_at = None;
         self.backoff = Duration::ZERO;
     }
 
+    /// The store stopped answering: said once per outage.
+    fn mark_down(&self, why: &str) {
+        if self.shared.available.swap(false, Relaxed) {
+            tracing::warn!(
+                pending = self.pending(),
+                "store down ({why}): writes are buffered and retried with back-off"
+            );
+        }
+    }
+
     fn failed(&mut self) {
-        self.shared.available.store(false, Relaxed);
+        self.mark_down("a write failed");
         self.shared.failed_writes.fetch_add(1, Relaxed);
         self.backoff = if self.backoff.is_zero() {
             self.config.retry_min
