@@ -8,6 +8,8 @@
 mod http1;
 #[path = "support/ports.rs"]
 mod ports;
+#[path = "support/postgres.rs"]
+mod postgres;
 #[path = "support/serve.rs"]
 mod serve;
 
@@ -136,4 +138,38 @@ fn sighup_reloads_the_log_level_and_refuses_a_broken_file() {
     hup();
     wait_log("refused, nothing reloaded");
     assert_eq!(sipis.api("GET", "/health", None).0, 200, "still serving");
+}
+
+#[test]
+fn a_database_down_at_start_is_waited_for_with_back_off_naming_its_address() {
+    let Some(pg) = postgres::dedicated() else {
+        return;
+    };
+    let url = pg.create_database("sipis_startwait");
+    pg.stop();
+    let starter = std::thread::spawn({
+        move || {
+            std::thread::sleep(Duration::from_secs(3));
+            pg.start();
+            pg
+        }
+    });
+    let sipis = Serve::start(
+        "instance-pgwait",
+        1,
+        &format!("[store]\nkind = \"postgres\"\nurl = \"{url}\"\n"),
+    );
+    let _pg = starter.join().unwrap();
+    let log = sipis.log();
+    let port = url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap()
+        .to_string();
+    assert!(
+        log.contains(&format!(":{port}: cannot connect")) && log.contains("retrying in 1s"),
+        "each failed attempt names the database's address:\n{log}"
+    );
+    assert!(log.contains("PostgreSQL reachable after"), "{log}");
+    assert_eq!(sipis.api("GET", "/health", None).0, 200);
 }

@@ -183,10 +183,7 @@ impl Server {
                 }
                 Box::new(SqliteStore::open(&path).map_err(|e| ServeError::Store(e.to_string()))?)
             }
-            StoreConfig::Postgres { url } => Box::new(
-                PostgresStore::connect(url, PgOptions::default())
-                    .map_err(|e| ServeError::Store(e.to_string()))?,
-            ),
+            StoreConfig::Postgres { url } => Box::new(connect_postgres(url)?),
         };
         let mut backend = backend;
         backend
@@ -1055,4 +1052,31 @@ fn render_front(out: &mut String, f: &super::front::FrontShared) {
         &[],
         get(&m.messages),
     );
+}
+
+/// PostgreSQL at start: a database that is not up yet (a boot order, a
+/// failover) is waited for, with back-off (1 s doubling to 30 s) for up
+/// to two minutes, each attempt logged with the host and port.
+fn connect_postgres(url: &str) -> Result<PostgresStore, ServeError> {
+    const WAIT_AT_MOST: Duration = Duration::from_secs(120);
+    let start = Instant::now();
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match PostgresStore::connect(url, PgOptions::default()) {
+            Ok(s) => {
+                if start.elapsed() > Duration::from_secs(1) {
+                    tracing::info!("store: PostgreSQL reachable after {:?}", start.elapsed());
+                }
+                return Ok(s);
+            }
+            Err(e @ crate::store::StoreError::Unavailable(_))
+                if start.elapsed() + pause < WAIT_AT_MOST =>
+            {
+                tracing::warn!("store: {e}; retrying in {}s", pause.as_secs());
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(ServeError::Store(e.to_string())),
+        }
+    }
 }

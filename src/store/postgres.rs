@@ -359,13 +359,18 @@ impl PostgresStore {
         self.conn = None;
         let config = &self.config;
         let timeout = self.opts.connect_timeout;
+        let target = target_of(config);
         let conn = self.rt.block_on(async move {
             let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
                 .await
                 .map_err(|_| {
-                    StoreError::Unavailable(format!("postgresql: no connection within {timeout:?}"))
+                    StoreError::Unavailable(format!(
+                        "postgresql at {target}: no connection within {timeout:?}"
+                    ))
                 })?
-                .map_err(|e| StoreError::Unavailable(format!("postgresql: cannot connect: {e}")))?;
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("postgresql at {target}: cannot connect: {e}"))
+                })?;
             // Driven whenever the store is inside block_on; ends when the
             // client is dropped or the server goes away.
             tokio::spawn(async move {
@@ -764,5 +769,30 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+    }
+}
+
+/// `host:port` (or the socket directory) a configuration connects to, for
+/// errors an operator can act on.
+fn target_of(config: &Config) -> String {
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match h {
+                tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                tokio_postgres::config::Host::Unix(dir) => {
+                    format!("{}/.s.PGSQL.{port}", dir.display())
+                }
+            }
+        })
+        .collect();
+    if hosts.is_empty() {
+        "localhost:5432".to_owned()
+    } else {
+        hosts.join(",")
     }
 }
