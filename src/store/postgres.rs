@@ -753,25 +753,6 @@ impl Store for PostgresStore {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn migrations_end_at_schema_version() {
-        assert_eq!(MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));
-        assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0));
-    }
-
-    #[test]
-    fn bad_url_is_unavailable_not_a_panic() {
-        let e = PostgresStore::connect("postgresql://x:y@[::1", PgOptions::default())
-            .err()
-            .unwrap();
-        assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
-    }
-}
-
 /// `host:port` (or the socket directory) a configuration connects to, for
 /// errors an operator can act on.
 fn target_of(config: &Config) -> String {
@@ -794,5 +775,24 @@ fn target_of(config: &Config) -> String {
         "localhost:5432".to_owned()
     } else {
         hosts.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_end_at_schema_version() {
+        assert_eq!(MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn bad_url_is_unavailable_not_a_panic() {
+        let e = PostgresStore::connect("postgresql://x:y@[::1", PgOptions::default())
+            .err()
+            .unwrap();
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
     }
 }
