@@ -475,8 +475,13 @@ fn guessing_one_password_is_slowed_to_one_a_second_while_the_owner_registers_at_
         pause *= 2;
     }
     assert!(
-        !log.contains("source=127.0.0.3"),
+        !log.contains("auth blocked: source=127.0.0.3"),
         "the owner's address was blocked"
+    );
+    // Each refused answer is logged too (rate-limited), with its source.
+    assert!(
+        log.contains(&format!("auth failed: source={GUESSER} aor=bob@{DOMAIN}")),
+        "{log}"
     );
     // Counted, once per block and once per refusal.
     let end = Instant::now() + Duration::from_secs(3);

@@ -82,6 +82,13 @@ pub enum Event {
         prid: String,
         param: Option<String>,
     },
+    /// A phone's REGISTER was refused: wrong credentials (the shell logs
+    /// these, rate-limited, with the source address).
+    AuthFailed {
+        source: std::net::IpAddr,
+        /// The AOR it tried (`user@host`), known to sipis or not.
+        aor: String,
+    },
     /// A source guessing passwords is refused for a while (logged once per
     /// block, fail2ban-style, by the shell).
     AuthBlocked {

@@ -432,6 +432,10 @@ impl Registrar {
         let outcome = self.authenticate(ctx, account.map(|(_, cfg)| cfg), now, msg);
         match &outcome {
             Err(Answer::Error(SipError::Forbidden)) => {
+                ctx.events.push_back(Event::AuthFailed {
+                    source: from.ip(),
+                    aor: String::from_utf8_lossy(aor.get(2..).unwrap_or_default()).into_owned(),
+                });
                 if let Some(b) = self.guard.failure(now, from.ip(), &aor) {
                     ctx.stats.auth_blocks += 1;
                     ctx.events.push_back(Event::AuthBlocked {

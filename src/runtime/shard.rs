@@ -117,6 +117,12 @@ pub(super) async fn run(ctx: ShardCtx) {
         next_conn: Cell::new(1),
         scratch: RefCell::new(vec![0u8; RECV_BUF]),
         gone: RefCell::new(Vec::new()),
+        failing: RefCell::new(Default::default()),
+        log_budget: RefCell::new(LogBudget {
+            second: Instant::now(),
+            used: 0,
+            suppressed: 0,
+        }),
     });
     if let Some(mut rx) = inbound {
         for (_, stream) in rx.streams() {
@@ -304,6 +310,43 @@ struct Shell {
     /// Flows that could not be opened, for the engine at the end of the
     /// flush.
     gone: RefCell<Vec<Flow>>,
+    /// Accounts whose registration failure was logged (until recovered).
+    failing: RefCell<std::collections::HashSet<crate::AccountId>>,
+    /// Per-account log lines (registration, auth failures) per second.
+    log_budget: RefCell<LogBudget>,
+}
+
+/// At most [`LogBudget::PER_SECOND`] per-account lines a second per shard;
+/// how many were held back is said once the second is over.
+struct LogBudget {
+    second: Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    const PER_SECOND: u32 = 20;
+
+    fn allow(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.second) >= Duration::from_secs(1) {
+            if self.suppressed > 0 {
+                tracing::warn!(
+                    "{} more registration/auth log lines held back in the last second (see /metrics)",
+                    self.suppressed
+                );
+            }
+            self.second = now;
+            self.used = 0;
+            self.suppressed = 0;
+        }
+        if self.used < Self::PER_SECOND {
+            self.used += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
 }
 
 impl Shell {
@@ -422,6 +465,39 @@ impl Shell {
                 // The engine learns at once; its REGISTERs retry later.
                 self.gone.borrow_mut().push(flow);
             }
+        }
+    }
+
+    /// An account's registration changed: a failure is said once (until it
+    /// recovers), a recovery once; rate-limited with the other per-account
+    /// lines, the counters have the rest.
+    fn log_registration(&self, account: crate::AccountId, status: &RegStatus) {
+        let now = Instant::now();
+        match status {
+            RegStatus::Retrying { error, .. } | RegStatus::Failed { error } => {
+                if self.failing.borrow_mut().insert(account)
+                    && self.log_budget.borrow_mut().allow(now)
+                {
+                    let final_ = matches!(status, RegStatus::Failed { .. });
+                    tracing::warn!(
+                        account,
+                        "registration failed: {error}{}",
+                        if final_ {
+                            " (not retried until its settings change)"
+                        } else {
+                            "; retrying"
+                        }
+                    );
+                }
+            }
+            RegStatus::Registered { .. } => {
+                if self.failing.borrow_mut().remove(&account)
+                    && self.log_budget.borrow_mut().allow(now)
+                {
+                    tracing::info!(account, "registration recovered");
+                }
+            }
+            _ => {}
         }
     }
 
@@ -724,7 +800,13 @@ async fn flush(shell: &Shell) {
 fn handle_event(shell: &Shell, sink: &dyn EventSink, ev: Event) {
     match ev {
         Event::SaveRegistration { account, saved } => sink.save_registration(account, saved),
-        Event::Registration { .. } | Event::ParseError { .. } => {}
+        Event::Registration { account, status } => shell.log_registration(account, &status),
+        Event::ParseError { .. } => {}
+        Event::AuthFailed { source, aor } => {
+            if shell.log_budget.borrow_mut().allow(Instant::now()) {
+                tracing::warn!("auth failed: source={source} aor={aor}");
+            }
+        }
         Event::FlowBound { flow } => shell.mark_bound(flow),
         Event::Connect {
             flow,
