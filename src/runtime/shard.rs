@@ -474,28 +474,26 @@ impl Shell {
     fn log_registration(&self, account: crate::AccountId, status: &RegStatus) {
         let now = Instant::now();
         match status {
-            RegStatus::Retrying { error, .. } | RegStatus::Failed { error } => {
+            RegStatus::Retrying { error, .. } | RegStatus::Failed { error }
                 if self.failing.borrow_mut().insert(account)
-                    && self.log_budget.borrow_mut().allow(now)
-                {
-                    let final_ = matches!(status, RegStatus::Failed { .. });
-                    tracing::warn!(
-                        account,
-                        "registration failed: {error}{}",
-                        if final_ {
-                            " (not retried until its settings change)"
-                        } else {
-                            "; retrying"
-                        }
-                    );
-                }
+                    && self.log_budget.borrow_mut().allow(now) =>
+            {
+                let final_ = matches!(status, RegStatus::Failed { .. });
+                tracing::warn!(
+                    account,
+                    "registration failed: {error}{}",
+                    if final_ {
+                        " (not retried until its settings change)"
+                    } else {
+                        "; retrying"
+                    }
+                );
             }
-            RegStatus::Registered { .. } => {
+            RegStatus::Registered { .. }
                 if self.failing.borrow_mut().remove(&account)
-                    && self.log_budget.borrow_mut().allow(now)
-                {
-                    tracing::info!(account, "registration recovered");
-                }
+                    && self.log_budget.borrow_mut().allow(now) =>
+            {
+                tracing::info!(account, "registration recovered");
             }
             _ => {}
         }
