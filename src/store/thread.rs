@@ -99,6 +99,7 @@ impl StoreThread {
             failed_writes: AtomicU64::new(0),
             dropped_writes: AtomicU64::new(0),
             available: AtomicBool::new(true),
+            down_since: Mutex::new(None),
             join: Mutex::new(None),
         });
         let call_timeout = config.call_timeout;
@@ -133,7 +134,23 @@ struct Shared {
     failed_writes: AtomicU64,
     dropped_writes: AtomicU64,
     available: AtomicBool,
+    /// When the database stopped answering (`None` while it answers).
+    down_since: Mutex<Option<Instant>>,
     join: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// Records whether the database answered; the outage's start is kept
+    /// from its first failure until it answers again.
+    fn set_available(&self, up: bool) {
+        self.available.store(up, Relaxed);
+        let mut since = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        match (up, *since) {
+            (true, _) => *since = None,
+            (false, None) => *since = Some(Instant::now()),
+            (false, Some(_)) => {}
+        }
+    }
 }
 
 /// What a request told about the database.
@@ -308,6 +325,27 @@ impl StoreHandle {
         self.shared.available.load(Relaxed)
     }
 
+    /// How long the database has not been answering (`None` while it
+    /// answers).
+    pub fn unavailable_for(&self) -> Option<Duration> {
+        self.shared
+            .down_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+    }
+
+    /// Whether the store thread still runs (it stops on
+    /// [`shutdown`](Self::shutdown) or if it panicked).
+    pub fn is_running(&self) -> bool {
+        self.shared
+            .join
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|j| !j.is_finished())
+    }
+
     /// All counters at once.
     pub fn stats(&self) -> StoreStats {
         StoreStats {
@@ -403,7 +441,7 @@ impl Worker {
                             self.recovered();
                         }
                     }
-                    Ok(Reach::Down) => self.shared.available.store(false, Relaxed),
+                    Ok(Reach::Down) => self.shared.set_available(false),
                     Err(_) => {} // the caller sees its reply channel close
                 }
             }
@@ -451,13 +489,13 @@ impl Worker {
     }
 
     fn recovered(&mut self) {
-        self.shared.available.store(true, Relaxed);
+        self.shared.set_available(true);
         self.retry_at = None;
         self.backoff = Duration::ZERO;
     }
 
     fn failed(&mut self) {
-        self.shared.available.store(false, Relaxed);
+        self.shared.set_available(false);
         self.shared.failed_writes.fetch_add(1, Relaxed);
         self.backoff = if self.backoff.is_zero() {
             self.config.retry_min
