@@ -74,6 +74,16 @@ pub enum Command {
         Errors of the API are printed and the exit status is 1."
     )]
     Account(AccountArgs),
+
+    /// Manage an account's push devices through a running server's admin API
+    #[command(
+        long_about = "Manage an account's push devices through a running server's admin API.\n\n\
+        A device is a phone's push target (RFC 8599: provider, prid, param) under a name \
+        unique within its account. Phones registering with pn-* parameters create their \
+        own; these commands list, set and remove them. Address, token and errors as for \
+        `sipis account`."
+    )]
+    Device(DeviceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -90,8 +100,9 @@ pub struct CheckConfigArgs {
     pub file: PathBuf,
 }
 
+/// How to reach the admin API (shared by `account` and `device`).
 #[derive(Debug, Args)]
-pub struct AccountArgs {
+pub struct ApiArgs {
     /// Configuration file giving the admin address and token [default:
     /// /etc/sipis/sipis.toml, if it exists]
     #[arg(short, long, value_name = "FILE", global = true)]
@@ -104,9 +115,60 @@ pub struct AccountArgs {
     /// Print the API's JSON instead of a summary or table
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AccountArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
 
     #[command(subcommand)]
     pub action: AccountCommand,
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+
+    #[command(subcommand)]
+    pub action: DeviceCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// List an account's devices (GET /accounts/ID/devices)
+    List {
+        /// Account id, as `account list` shows it
+        account: u64,
+    },
+    /// Create or replace a device (PUT /accounts/ID/devices/NAME)
+    Put(PutDeviceArgs),
+    /// Remove a device (DELETE /accounts/ID/devices/NAME); calls no longer
+    /// push it
+    Remove {
+        /// Account id
+        account: u64,
+        /// Device name
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PutDeviceArgs {
+    /// Account id
+    pub account: u64,
+    /// Device name: 1 to 128 of A-Z a-z 0-9 - . _ ~ : @ +
+    pub name: String,
+    /// Push service (RFC 8599 pn-provider)
+    #[arg(long, value_parser = ["apns", "fcm", "webpush"])]
+    pub provider: String,
+    /// Push token (pn-prid)
+    #[arg(long)]
+    pub prid: String,
+    /// pn-param: APNs <TeamID>.<bundle id>(.voip), FCM project id
+    #[arg(long)]
+    pub param: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,18 +178,81 @@ pub enum AccountCommand {
     Add(AddArgs),
     /// List accounts by id, a page at a time (GET /accounts)
     List(ListArgs),
+    /// Show one account, its registration state and its devices
+    /// (GET /accounts/ID, GET /accounts/ID/devices)
+    Show {
+        /// Account id, as `account list` shows it
+        id: u64,
+    },
+    /// Change an account's fields (PATCH /accounts/ID); only those given
+    /// change. A new password, registrar or expiry registers it afresh
+    Update(UpdateArgs),
+    /// Stop registering an account and calling its phones; kept with its
+    /// devices (PATCH /accounts/ID {"enabled":false})
+    Disable {
+        /// Account id
+        id: u64,
+    },
+    /// Register an account again after `disable` (PATCH /accounts/ID
+    /// {"enabled":true})
+    Enable {
+        /// Account id
+        id: u64,
+    },
     /// Remove an account (DELETE /accounts/ID); sipis unregisters it first
     Remove {
         /// Account id, as `account list` shows it
         id: u64,
     },
     /// Bulk-provision accounts from a CSV file (POST /accounts/import,
-    /// text/csv); "-" reads standard input
+    /// text/csv); "-" reads standard input. All or nothing
     Import {
         /// CSV file, with the columns the admin API documents
         #[arg(value_name = "FILE.csv")]
         file: PathBuf,
+        /// A row whose AOR is already provisioned: fail the whole import,
+        /// skip the row, or update that account (its id and Contact token
+        /// stay)
+        #[arg(long, value_name = "MODE", default_value = "fail",
+              value_parser = ["fail", "skip", "update"])]
+        on_conflict: String,
     },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("secret").args(["password", "ha1"])))]
+#[command(group(clap::ArgGroup::new("reg").args(["registrar", "no_registrar"])))]
+#[command(group(clap::ArgGroup::new("proxy").args(["outbound_proxy", "no_outbound_proxy"])))]
+pub struct UpdateArgs {
+    /// Account id
+    pub id: u64,
+    /// New address of record
+    #[arg(long)]
+    pub aor: Option<String>,
+    /// New digest user name
+    #[arg(long)]
+    pub auth_user: Option<String>,
+    /// New digest password; "-" reads it from standard input
+    #[arg(long)]
+    pub password: Option<String>,
+    /// New HA1 in hex instead of a password
+    #[arg(long)]
+    pub ha1: Option<String>,
+    /// New registrar URI
+    #[arg(long)]
+    pub registrar: Option<String>,
+    /// Remove the registrar: proxy mode, nothing registered
+    #[arg(long)]
+    pub no_registrar: bool,
+    /// New outbound proxy URI
+    #[arg(long)]
+    pub outbound_proxy: Option<String>,
+    /// Remove the outbound proxy
+    #[arg(long)]
+    pub no_outbound_proxy: bool,
+    /// New binding lifetime in seconds
+    #[arg(long)]
+    pub expires: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -179,7 +304,7 @@ struct Admin {
 }
 
 /// Where to reach the admin API and with which token.
-fn admin_client(args: &AccountArgs) -> anyhow::Result<Admin> {
+fn admin_client(args: &ApiArgs) -> anyhow::Result<Admin> {
     let config = match &args.config {
         Some(path) => Some(load_config(path)?),
         None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
@@ -239,6 +364,28 @@ impl Admin {
         self.finish(req.call())
     }
 
+    fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let mut req = self
+            .agent
+            .patch(self.url(path))
+            .header("Content-Type", "application/json");
+        if let Some(a) = self.auth() {
+            req = req.header("Authorization", a);
+        }
+        self.finish(req.send(body.to_string().into_bytes()))
+    }
+
+    fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let mut req = self
+            .agent
+            .put(self.url(path))
+            .header("Content-Type", "application/json");
+        if let Some(a) = self.auth() {
+            req = req.header("Authorization", a);
+        }
+        self.finish(req.send(body.to_string().into_bytes()))
+    }
+
     fn delete(&self, path: &str) -> anyhow::Result<Value> {
         let mut req = self.agent.delete(self.url(path));
         if let Some(a) = self.auth() {
@@ -247,11 +394,20 @@ impl Admin {
         self.finish(req.call())
     }
 
-    fn post(&self, path: &str, content_type: &str, body: Vec<u8>) -> anyhow::Result<Value> {
+    fn post(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Value> {
         let mut req = self
             .agent
             .post(self.url(path))
             .header("Content-Type", content_type);
+        for (k, v) in query {
+            req = req.query(*k, v);
+        }
         if let Some(a) = self.auth() {
             req = req.header("Authorization", a);
         }
@@ -296,7 +452,8 @@ impl Admin {
 
 /// Runs an `account` command.
 pub fn account(args: AccountArgs) -> anyhow::Result<()> {
-    let admin = admin_client(&args)?;
+    let admin = admin_client(&args.api)?;
+    let json_out = args.api.json;
     match args.action {
         AccountCommand::Add(add) => {
             let mut body = json!({
@@ -323,10 +480,11 @@ pub fn account(args: AccountArgs) -> anyhow::Result<()> {
             }
             let view = admin.post(
                 "/accounts",
+                &[],
                 "application/json",
                 body.to_string().into_bytes(),
             )?;
-            if args.json {
+            if json_out {
                 println!("{view:#}");
             } else {
                 println!(
@@ -346,7 +504,7 @@ pub fn account(args: AccountArgs) -> anyhow::Result<()> {
                     ("limit", list.limit.to_string()),
                 ],
             )?;
-            if args.json {
+            if json_out {
                 println!("{answer:#}");
                 return Ok(());
             }
@@ -369,11 +527,63 @@ pub fn account(args: AccountArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        AccountCommand::Show { id } => {
+            let view = admin.get(&format!("/accounts/{id}"), &[])?;
+            let devices = admin.get(&format!("/accounts/{id}/devices"), &[])?;
+            if json_out {
+                println!("{:#}", json!({"account": view, "devices": devices}));
+            } else {
+                print!("{}", account_details(&view));
+                print!("{}", device_table(devices_of(&devices)?));
+            }
+        }
+        AccountCommand::Update(up) => {
+            let mut body = json!({});
+            for (key, v) in [
+                ("aor", up.aor),
+                ("auth_user", up.auth_user),
+                ("ha1", up.ha1),
+                ("registrar", up.registrar),
+                ("outbound_proxy", up.outbound_proxy),
+            ] {
+                if let Some(v) = v {
+                    body[key] = json!(v);
+                }
+            }
+            match up.password {
+                Some(p) if p == "-" => body["password"] = json!(read_stdin_line()?),
+                Some(p) => body["password"] = json!(p),
+                None => {}
+            }
+            if up.no_registrar {
+                body["registrar"] = Value::Null;
+            }
+            if up.no_outbound_proxy {
+                body["outbound_proxy"] = Value::Null;
+            }
+            if let Some(e) = up.expires {
+                body["expires"] = json!(e);
+            }
+            if body.as_object().is_some_and(|o| o.is_empty()) {
+                bail!(
+                    "nothing to update: give --aor, --auth-user, --password, --ha1, \
+                     --registrar, --no-registrar, --outbound-proxy, --no-outbound-proxy \
+                     or --expires"
+                );
+            }
+            let view = admin.patch(&format!("/accounts/{}", up.id), &body)?;
+            print_account_change(json_out, "updated", &view);
+        }
+        AccountCommand::Disable { id } | AccountCommand::Enable { id } => {
+            let enable = matches!(args.action, AccountCommand::Enable { .. });
+            let view = admin.patch(&format!("/accounts/{id}"), &json!({ "enabled": enable }))?;
+            print_account_change(json_out, if enable { "enabled" } else { "disabled" }, &view);
+        }
         AccountCommand::Remove { id } => {
             admin.delete(&format!("/accounts/{id}"))?;
             println!("removed account {id}");
         }
-        AccountCommand::Import { file } => {
+        AccountCommand::Import { file, on_conflict } => {
             let csv = if file.as_os_str() == "-" {
                 let mut v = Vec::new();
                 std::io::stdin()
@@ -383,15 +593,167 @@ pub fn account(args: AccountArgs) -> anyhow::Result<()> {
             } else {
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?
             };
-            let answer = admin.post("/accounts/import", "text/csv", csv)?;
-            if args.json {
+            let answer = admin.post(
+                "/accounts/import",
+                &[("on_conflict", on_conflict)],
+                "text/csv",
+                csv,
+            )?;
+            if json_out {
                 println!("{answer:#}");
             } else {
-                println!("imported {} accounts", field(&answer, "imported"));
+                print!("{}", import_summary(&answer));
             }
         }
     }
     Ok(())
+}
+
+/// Runs a `device` command.
+pub fn device(args: DeviceArgs) -> anyhow::Result<()> {
+    let admin = admin_client(&args.api)?;
+    let json_out = args.api.json;
+    match args.action {
+        DeviceCommand::List { account } => {
+            let answer = admin.get(&format!("/accounts/{account}/devices"), &[])?;
+            if json_out {
+                println!("{answer:#}");
+            } else {
+                print!("{}", device_table(devices_of(&answer)?));
+            }
+        }
+        DeviceCommand::Put(put) => {
+            let mut body = json!({ "provider": put.provider, "prid": put.prid });
+            if let Some(p) = put.param {
+                body["param"] = json!(p);
+            }
+            let path = format!(
+                "/accounts/{}/devices/{}",
+                put.account,
+                path_segment(&put.name)
+            );
+            let view = admin.put(&path, &body)?;
+            if json_out {
+                println!("{view:#}");
+            } else {
+                println!(
+                    "device {} of account {}: {} {}{}",
+                    field(&view, "device"),
+                    put.account,
+                    field(&view, "provider"),
+                    field(&view, "prid"),
+                    match view.get("param").and_then(Value::as_str) {
+                        Some(p) => format!(" ({p})"),
+                        None => String::new(),
+                    }
+                );
+            }
+        }
+        DeviceCommand::Remove { account, name } => {
+            admin.delete(&format!(
+                "/accounts/{account}/devices/{}",
+                path_segment(&name)
+            ))?;
+            println!("removed device {name} of account {account}");
+        }
+    }
+    Ok(())
+}
+
+/// Percent-encodes a path segment (RFC 3986 §3.3: unreserved characters
+/// and `:@+` stay as they are).
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:@+".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn print_account_change(json_out: bool, what: &str, view: &Value) {
+    if json_out {
+        println!("{view:#}");
+    } else {
+        println!(
+            "{what} account {} {}\n  state: {}",
+            field(view, "id"),
+            field(view, "aor"),
+            state(view)
+        );
+    }
+}
+
+/// One account as `key: value` lines.
+pub fn account_details(v: &Value) -> String {
+    let rows = [
+        ("id", field(v, "id")),
+        ("aor", field(v, "aor")),
+        ("auth user", field(v, "auth_user")),
+        ("registrar", field(v, "registrar")),
+        ("outbound proxy", field(v, "outbound_proxy")),
+        ("expires", field(v, "expires")),
+        ("enabled", field(v, "enabled")),
+        ("contact token", field(v, "token")),
+        ("state", state(v)),
+    ];
+    let mut out = String::new();
+    for (k, val) in rows {
+        out.push_str(&format!("{:<15} {val}\n", format!("{k}:")));
+    }
+    out
+}
+
+/// The `devices` array of a `GET /accounts/ID/devices` answer.
+fn devices_of(answer: &Value) -> anyhow::Result<&[Value]> {
+    answer
+        .get("devices")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .with_context(|| format!("unexpected answer from the devices API: {answer}"))
+}
+
+/// The devices as an aligned table (or "no devices").
+pub fn device_table(devices: &[Value]) -> String {
+    if devices.is_empty() {
+        return "no devices\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = devices
+        .iter()
+        .map(|d| {
+            vec![
+                field(d, "device"),
+                field(d, "provider"),
+                field(d, "prid"),
+                field(d, "param"),
+                field(d, "updated_unix"),
+            ]
+        })
+        .collect();
+    table(&["DEVICE", "PROVIDER", "PRID", "PARAM", "UPDATED"], &rows)
+}
+
+/// What an import did, one line each for created, updated and skipped.
+fn import_summary(answer: &Value) -> String {
+    let n = |k: &str| answer.get(k).and_then(Value::as_u64);
+    let mut out = match (n("created"), n("updated"), n("skipped")) {
+        (Some(c), Some(u), Some(s)) => {
+            format!(
+                "imported {} accounts: {c} created, {u} updated, {s} skipped\n",
+                c + u
+            )
+        }
+        _ => format!("imported {} accounts\n", field(answer, "imported")),
+    };
+    if let Some(aors) = answer.get("skipped_aors").and_then(Value::as_array) {
+        for a in aors.iter().filter_map(Value::as_str) {
+            out.push_str(&format!("  skipped (exists): {a}\n"));
+        }
+    }
+    out
 }
 
 fn read_stdin_line() -> anyhow::Result<String> {
@@ -449,10 +811,10 @@ pub fn account_table(accounts: &[Value]) -> String {
         "ENABLED",
         "STATE",
     ];
-    let rows: Vec<[String; 7]> = accounts
+    let rows: Vec<Vec<String>> = accounts
         .iter()
         .map(|a| {
-            [
+            vec![
                 field(a, "id"),
                 field(a, "aor"),
                 field(a, "auth_user"),
@@ -463,8 +825,13 @@ pub fn account_table(accounts: &[Value]) -> String {
             ]
         })
         .collect();
-    let mut width = header.map(str::len);
-    for row in &rows {
+    table(&header, &rows)
+}
+
+/// Aligned columns two spaces apart, trailing blanks trimmed.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
         for (w, cell) in width.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -485,7 +852,7 @@ pub fn account_table(accounts: &[Value]) -> String {
         out.push('\n');
     };
     line(&mut header.iter().copied());
-    for row in &rows {
+    for row in rows {
         line(&mut row.iter().map(String::as_str));
     }
     out

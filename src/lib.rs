@@ -65,3 +65,7 @@ pub use sipis_engine::{
     TxTimer,
 };
 pub use sipis_parser as parser;
+
+/// This build's version (`Cargo.toml`), as `/health` and
+/// `sipis_build_info` report it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

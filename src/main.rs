@@ -1,5 +1,5 @@
 //! `sipis`, the server binary: `serve`, `mediator`, `check-config` and the
-//! `account` commands (see `sipis --help`). Exit status: 0 success, 1 failure,
+//! `account` and `device` commands (see `sipis --help`). Exit status: 0 success, 1 failure,
 //! 2 bad configuration or usage.
 
 mod cli;
@@ -23,13 +23,19 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(&args.config),
         Command::Mediator(args) => mediator(&args.config),
         Command::CheckConfig(args) => check_config(&args.file),
-        Command::Account(args) => match cli::account(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Account(args) => api_command(cli::account(args)),
+        Command::Device(args) => api_command(cli::device(args)),
+    }
+}
+
+/// The exit status of an admin API command; its error on stderr.
+fn api_command(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

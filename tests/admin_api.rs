@@ -3,8 +3,9 @@
 
 use sipis::http::{
     AccountList, AccountUpdate, AccountView, AdminApi, AdminConfig, AdminServer, ApiError,
-    DeviceList, DeviceRequest, DeviceView, ErrorBody, Health, HttpError, ImportResult,
-    NewAccountRequest, RegState, StatusView, TlsFiles,
+    DeviceList, DeviceRequest, DeviceView, ErrorBody, Health, HttpError, ImportResult, Liveness,
+    NewAccountRequest, OnConflict, Readiness, ReadyStatus, RegState, ShardsHealth, StatusView,
+    StoreHealth, StoreState, TlsFiles,
 };
 use sipis::store::{AccountRecord, DeviceRecord};
 use sipis::AccountId;
@@ -115,8 +116,13 @@ impl AdminApi for MockApi {
             .collect())
     }
 
-    /// `aor,auth_user,password` rows after a header line; all or nothing.
-    fn import_accounts(&self, csv: &[u8]) -> Result<usize, ApiError> {
+    /// `aor,auth_user,password` rows after a header line; all or nothing;
+    /// an existing AOR fails, is skipped or takes the row's fields.
+    fn import_accounts(
+        &self,
+        csv: &[u8],
+        on_conflict: OnConflict,
+    ) -> Result<ImportResult, ApiError> {
         let text = std::str::from_utf8(csv).map_err(|_| ApiError::bad_request("not UTF-8"))?;
         let mut rows = Vec::new();
         for (n, line) in text
@@ -152,12 +158,29 @@ impl AdminApi for MockApi {
             accounts: db.accounts.clone(),
             devices: HashMap::new(),
         };
+        let mut result = ImportResult::default();
         for r in rows.iter().cloned() {
-            Self::insert(&mut scratch, r)?;
+            let existing = scratch.accounts.values_mut().find(|a| a.aor == r.aor);
+            match (existing, on_conflict) {
+                (None, _) | (Some(_), OnConflict::Fail) => {
+                    Self::insert(&mut scratch, r)?;
+                    result.created += 1;
+                }
+                (Some(_), OnConflict::Skip) => {
+                    result.skipped += 1;
+                    result.skipped_aors.push(r.aor);
+                }
+                (Some(a), OnConflict::Update) => {
+                    a.auth_user = r.auth_user.clone();
+                    a.secret = r.secret().unwrap();
+                    result.updated += 1;
+                }
+            }
         }
         db.next_id = scratch.next_id;
         db.accounts = scratch.accounts;
-        Ok(rows.len())
+        result.imported = result.created + result.updated;
+        Ok(result)
     }
 
     fn put_device(
@@ -204,10 +227,32 @@ impl AdminApi for MockApi {
         let ok = !self.unhealthy.load(Ordering::Relaxed);
         Health {
             ok,
+            version: sipis::VERSION.into(),
             shards_alive: if ok { 2 } else { 1 },
             shards_total: 2,
             store_available: true,
             uptime_secs: 5,
+        }
+    }
+
+    fn ready(&self) -> Readiness {
+        let ok = !self.unhealthy.load(Ordering::Relaxed);
+        Readiness {
+            status: if ok {
+                ReadyStatus::Ready
+            } else {
+                ReadyStatus::NotReady
+            },
+            version: sipis::VERSION.into(),
+            uptime_secs: 5,
+            shards: ShardsHealth { alive: 2, total: 2 },
+            store: StoreHealth {
+                state: if ok { StoreState::Up } else { StoreState::Down },
+                unavailable_secs: (!ok).then_some(31),
+                pending_saves: 0,
+                pending_outcomes: 0,
+            },
+            registrars: Default::default(),
         }
     }
 
@@ -678,7 +723,14 @@ fn import_route() {
         Some(("text/csv", csv.as_bytes())),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json::<ImportResult>(), ImportResult { imported: 2 });
+    assert_eq!(
+        r.json::<ImportResult>(),
+        ImportResult {
+            imported: 2,
+            created: 2,
+            ..ImportResult::default()
+        }
+    );
     // All or nothing: the duplicate on line 3 stops the whole file.
     let csv = "aor,auth_user,password\nsip:c@x,c,pc\nsip:a@x,a,pa\n";
     let r = c.call(
@@ -702,6 +754,50 @@ fn import_route() {
     );
     assert_eq!(r.status, 415);
     assert_eq!(c.get("/accounts/import").status, 405);
+
+    // on_conflict=skip: the existing row stays, the new one is created.
+    let csv = "aor,auth_user,password\nsip:c@x,c,pc\nsip:a@x,a2,changed\n";
+    let r = c.call(
+        "POST",
+        "/accounts/import?on_conflict=skip",
+        Some(("text/csv", csv.as_bytes())),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"imported": 1, "created": 1, "updated": 0, "skipped": 1,
+                           "skipped_aors": ["sip:a@x"]})
+    );
+    let auth_of = |aor: &str| {
+        api.db
+            .lock()
+            .unwrap()
+            .accounts
+            .values()
+            .find(|a| a.aor == aor)
+            .map(|a| a.auth_user.clone())
+    };
+    assert_eq!(auth_of("sip:a@x").as_deref(), Some("a"));
+    // on_conflict=update: the existing account takes the row's fields.
+    let csv = "aor,auth_user,password\nsip:a@x,a2,changed\n";
+    let r = c.call(
+        "POST",
+        "/accounts/import?on_conflict=update",
+        Some(("text/csv", csv.as_bytes())),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = r.json::<ImportResult>();
+    assert_eq!((got.imported, got.created, got.updated), (1, 0, 1));
+    assert_eq!(auth_of("sip:a@x").as_deref(), Some("a2"));
+    assert_eq!(api.db.lock().unwrap().accounts.len(), 3);
+    let r = c.call(
+        "POST",
+        "/accounts/import?on_conflict=merge",
+        Some(("text/csv", csv.as_bytes())),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("fail, skip, update"), "{}", r.error());
     server.shutdown();
 }
 
@@ -715,6 +811,25 @@ fn health_and_metrics() {
     assert_eq!(r.status, 200);
     let h: Health = r.json();
     assert!(h.ok);
+    assert_eq!(h.version, env!("CARGO_PKG_VERSION"));
+    // Liveness and readiness need no token either.
+    c.send(&request("GET", "/health/live", None, None));
+    let r = c.read();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json::<Liveness>(),
+        Liveness {
+            status: "live".into(),
+            version: env!("CARGO_PKG_VERSION").into()
+        }
+    );
+    c.send(&request("GET", "/health/ready", None, None));
+    let r = c.read();
+    assert_eq!(r.status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["shards"], serde_json::json!({"alive": 2, "total": 2}));
+    assert_eq!(body["store"]["state"], "up");
     assert_eq!(
         (h.shards_alive, h.shards_total, h.store_available),
         (2, 2, true)
@@ -724,6 +839,15 @@ fn health_and_metrics() {
     let r = c.read();
     assert_eq!(r.status, 503);
     assert!(!r.json::<Health>().ok);
+    c.send(&request("GET", "/health/ready", None, None));
+    let r = c.read();
+    assert_eq!(r.status, 503);
+    let ready: Readiness = r.json();
+    assert_eq!(ready.status, ReadyStatus::NotReady);
+    assert_eq!(ready.store.state, StoreState::Down);
+    // Liveness does not follow readiness: the process still serves.
+    c.send(&request("GET", "/health/live", None, None));
+    assert_eq!(c.read().status, 200);
     c.send(&request(
         "POST",
         "/health",
@@ -748,7 +872,7 @@ fn health_and_metrics() {
         "{text}"
     );
     assert!(
-        text.contains("sipis_admin_responses_total{code=\"503\"} 1\n"),
+        text.contains("sipis_admin_responses_total{code=\"503\"} 2\n"),
         "{text}"
     );
     assert_eq!(
@@ -1402,4 +1526,273 @@ fn tls_file_errors_name_the_file() {
         );
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+// ------------------------------------------------- a real sipis behind it
+
+#[path = "support/postgres.rs"]
+mod pg;
+#[path = "support/ports.rs"]
+mod ports;
+
+/// `sipis` in this process (`Server::start`) with one shard, its admin API
+/// wanting [`TOKEN`], and `store` as its `[store]` section.
+fn real_server(name: &str, store: &str) -> (sipis::runtime::Server, PathBuf) {
+    let dir = temp_dir(&format!("real-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = ports::free_udp_port_run(2);
+    let toml = format!(
+        r#"
+[server]
+bind = "127.0.0.1"
+public_host = "127.0.0.1"
+sip_port = {port}
+shards = 1
+data_dir = "{dir}"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+token = "{TOKEN}"
+{store}
+"#,
+        dir = dir.display(),
+        admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(),
+    );
+    let cfg = sipis::config::Config::from_toml_str(&toml).expect("valid config");
+    let server = sipis::runtime::Server::start(&cfg).expect("sipis starts");
+    (server, dir)
+}
+
+fn json_of(r: &Resp) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
+}
+
+/// Polls `GET /health/ready` until `pred` holds on (status, body).
+fn wait_ready(
+    c: &mut Client<TcpStream>,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(u16, &serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let until = Instant::now() + within;
+    loop {
+        c.send(&request("GET", "/health/ready", None, None));
+        let r = c.read();
+        let body = json_of(&r);
+        if pred(r.status, &body) {
+            return body;
+        }
+        assert!(Instant::now() < until, "{what}: last {} {body}", r.status);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn real_server_health_import_modes_and_enable_keep_devices() {
+    let (server, dir) = real_server("embedded", "");
+    let addr = server.admin_addr().unwrap();
+    let mut c = connect(addr);
+
+    // Live and ready, without a token; the version in each.
+    c.send(&request("GET", "/health/live", None, None));
+    let r = c.read();
+    assert_eq!(r.status, 200);
+    assert_eq!(json_of(&r)["version"], env!("CARGO_PKG_VERSION"));
+    c.send(&request("GET", "/health", None, None));
+    let r = c.read();
+    assert_eq!(
+        json_of(&r)["version"],
+        env!("CARGO_PKG_VERSION"),
+        "{}",
+        r.text()
+    );
+
+    // A registrar nobody answers at: its account retries.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let registrar = format!("sip:{}", silent.local_addr().unwrap());
+    let host = silent.local_addr().unwrap().to_string();
+    let csv = format!(
+        "aor,auth_user,password,registrar,expires\n\
+         sip:a@x.example,a,pa,{registrar},300\n\
+         sip:b@x.example,b,pb,,300\n"
+    );
+    let r = c.call(
+        "POST",
+        "/accounts/import",
+        Some(("text/csv", csv.as_bytes())),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        json_of(&r),
+        serde_json::json!({"imported": 2, "created": 2, "updated": 0, "skipped": 0,
+                           "skipped_aors": []})
+    );
+    let accounts = c.get("/accounts").json::<AccountList>().accounts;
+    let (a, b) = (accounts[0].clone(), accounts[1].clone());
+    assert_eq!(
+        (a.aor.as_str(), b.aor.as_str()),
+        ("sip:a@x.example", "sip:b@x.example")
+    );
+
+    let ready = wait_ready(&mut c, Duration::from_secs(10), "ready", |s, b| {
+        s == 200 && b["registrars"][&host]["accounts"] == 1
+    });
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["shards"], serde_json::json!({"alive": 1, "total": 1}));
+    assert_eq!(ready["store"]["state"], "up");
+    assert_eq!(ready["version"], env!("CARGO_PKG_VERSION"));
+    // Only the registrar with an account; no user or secret anywhere.
+    assert_eq!(ready["registrars"].as_object().unwrap().len(), 1);
+    let text = ready.to_string();
+    for secret in ["pa", "pb", "sip:a@x.example", &a.token] {
+        assert!(!text.contains(&format!("\"{secret}\"")), "{text}");
+    }
+
+    // The same AOR again: fail (409, nothing written), skip, update.
+    let again = "aor,auth_user,password,expires\n\
+                 sip:b@x.example,b2,pb2,600\n\
+                 sip:c@x.example,c,pc,300\n";
+    let r = c.call(
+        "POST",
+        "/accounts/import",
+        Some(("text/csv", again.as_bytes())),
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.error().contains("sip:b@x.example"), "{}", r.error());
+    assert_eq!(c.get("/accounts").json::<AccountList>().accounts.len(), 2);
+    let r = c.call(
+        "POST",
+        "/accounts/import?on_conflict=skip",
+        Some(("text/csv", again.as_bytes())),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        json_of(&r),
+        serde_json::json!({"imported": 1, "created": 1, "updated": 0, "skipped": 1,
+                           "skipped_aors": ["sip:b@x.example"]})
+    );
+    let got = c.get(&format!("/accounts/{}", b.id)).json::<AccountView>();
+    assert_eq!((got.auth_user.as_str(), got.expires), ("b", 300));
+    let r = c.call(
+        "POST",
+        "/accounts/import?on_conflict=update",
+        Some((
+            "text/csv",
+            b"aor,auth_user,password,expires,enabled\nsip:b@x.example,b2,pb2,600,false\n",
+        )),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        json_of(&r),
+        serde_json::json!({"imported": 1, "created": 0, "updated": 1, "skipped": 0,
+                           "skipped_aors": []})
+    );
+    let got = c.get(&format!("/accounts/{}", b.id)).json::<AccountView>();
+    assert_eq!(
+        (
+            got.auth_user.as_str(),
+            got.expires,
+            got.enabled,
+            got.token.as_str()
+        ),
+        ("b2", 600, false, b.token.as_str())
+    );
+    assert_eq!(got.status.state, RegState::Disabled);
+
+    // A device survives disable and enable.
+    let r = c.json(
+        "PUT",
+        &format!("/accounts/{}/devices/iphone", a.id),
+        r#"{"provider":"apns","prid":"0123abcd","param":"TEAM.com.example.voip"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = c.json(
+        "PATCH",
+        &format!("/accounts/{}", a.id),
+        r#"{"enabled":false}"#,
+    );
+    assert_eq!(r.json::<AccountView>().status.state, RegState::Disabled);
+    let ready = wait_ready(&mut c, Duration::from_secs(10), "registrar gone", |_, b| {
+        b["registrars"].as_object().is_some_and(|m| m.is_empty())
+    });
+    assert_eq!(ready["status"], "ready");
+    let r = c.json(
+        "PATCH",
+        &format!("/accounts/{}", a.id),
+        r#"{"enabled":true}"#,
+    );
+    assert_ne!(r.json::<AccountView>().status.state, RegState::Disabled);
+    let devs = c
+        .get(&format!("/accounts/{}/devices", a.id))
+        .json::<DeviceList>();
+    assert_eq!(devs.devices.len(), 1);
+    assert_eq!(devs.devices[0].prid, "0123abcd");
+
+    let metrics = c.get("/metrics").text();
+    assert!(
+        metrics.contains(&format!(
+            "sipis_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{metrics}"
+    );
+    drop(c);
+    server.stop(false);
+
+    // The stored rows, read back from the database file.
+    let mut store = sipis::store::SqliteStore::open(&dir.join("sipis.db")).unwrap();
+    use sipis::store::Store;
+    let rows = store.list_accounts(0, 10).unwrap();
+    let row = |aor: &str| rows.iter().find(|r| r.aor == aor).unwrap().clone();
+    assert_eq!(rows.len(), 3);
+    let b_row = row("sip:b@x.example");
+    assert_eq!((b_row.id, b_row.token.as_str()), (b.id, b.token.as_str()));
+    assert_eq!(b_row.secret, sipis::AccountSecret::Password("pb2".into()));
+    assert_eq!((b_row.expires, b_row.enabled), (600, false));
+    assert_eq!(row("sip:c@x.example").auth_user, "c");
+}
+
+/// PostgreSQL stopped under a running sipis: `/health/ready` says
+/// `buffering` (200) at first, `down` (503) past the grace, `up` once it
+/// is back; `/health/live` answers 200 throughout.
+#[test]
+fn real_server_ready_follows_a_postgresql_outage() {
+    let Some(pg) = pg::dedicated() else { return };
+    let url = pg.create_database(&pg::db_name("health_ready"));
+    let (server, _dir) = real_server(
+        "pg",
+        &format!("[store]\nkind = \"postgres\"\nurl = \"{url}\"\n"),
+    );
+    let mut c = connect(server.admin_addr().unwrap());
+    let body = wait_ready(&mut c, Duration::from_secs(10), "up", |s, b| {
+        s == 200 && b["store"]["state"] == "up"
+    });
+    assert_eq!(body["store"]["unavailable_secs"], serde_json::Value::Null);
+
+    pg.stop();
+    let t0 = Instant::now();
+    let body = wait_ready(&mut c, Duration::from_secs(20), "buffering", |s, b| {
+        s == 200 && b["store"]["state"] == "buffering"
+    });
+    assert_eq!(body["status"], "ready");
+    wait_ready(
+        &mut c,
+        sipis::http::STORE_GRACE + Duration::from_secs(20),
+        "down",
+        |s, b| s == 503 && b["store"]["state"] == "down" && b["status"] == "not_ready",
+    );
+    assert!(t0.elapsed() >= sipis::http::STORE_GRACE - Duration::from_secs(1));
+    c.send(&request("GET", "/health/live", None, None));
+    assert_eq!(c.read().status, 200);
+
+    pg.start();
+    wait_ready(&mut c, Duration::from_secs(30), "up again", |s, b| {
+        s == 200 && b["store"]["state"] == "up"
+    });
+    drop(c);
+    server.stop(false);
 }

@@ -106,7 +106,7 @@ fn help_lists_and_explains_the_subcommands() {
     let out = sipis(&["--help"]);
     assert!(out.status.success());
     let help = text(&out).0;
-    for cmd in ["serve", "check-config", "account"] {
+    for cmd in ["serve", "check-config", "account", "device"] {
         assert!(
             help.lines().any(|l| l.trim_start().starts_with(cmd)),
             "{cmd} missing from:\n{help}"
@@ -114,7 +114,9 @@ fn help_lists_and_explains_the_subcommands() {
     }
     let out = sipis(&["account", "--help"]);
     let help = text(&out).0;
-    for cmd in ["add", "list", "remove", "import"] {
+    for cmd in [
+        "add", "list", "show", "update", "disable", "enable", "remove", "import",
+    ] {
         assert!(
             help.lines().any(|l| l.trim_start().starts_with(cmd)),
             "{cmd} missing from:\n{help}"
@@ -412,7 +414,7 @@ fn account_import_posts_csv() {
     assert!(out.status.success(), "{:?}", text(&out));
     let request = server.join().unwrap();
     assert!(
-        request.starts_with("POST /accounts/import HTTP/1.1\r\n"),
+        request.starts_with("POST /accounts/import?on_conflict=fail HTTP/1.1\r\n"),
         "{request}"
     );
     assert!(
@@ -450,4 +452,299 @@ fn account_commands_say_when_the_api_is_unreachable() {
         )),
         "{stderr}"
     );
+}
+
+/// Runs `sipis <args> --admin URL --config FILE` against `url`.
+fn against(url: &str, args: &[&str]) -> Output {
+    let config = client_config();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--admin", url, "--config", config.to_str().unwrap()]);
+    sipis(&all)
+}
+
+/// The JSON body of a recorded request.
+fn body_of(request: &str) -> serde_json::Value {
+    serde_json::from_str(request.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+}
+
+const VIEW_42: &str = r#"{"id":42,"aor":"sip:carol@provider.example","auth_user":"carol",
+    "registrar":"sip:provider.example","outbound_proxy":null,"expires":600,"enabled":true,
+    "token":"k3yT0ken","status":{"state":"registered","expires_in":590,"retry_in":null,"last_error":null}}"#;
+
+/// A fake API answering several requests in turn: (status, body) each.
+fn fake_admin_seq(answers: Vec<(&'static str, &'static str)>) -> (String, JoinHandle<Vec<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for (status, body) in answers {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                head.push_str(&line);
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            reader.get_mut().write_all(response.as_bytes()).unwrap();
+            seen.push(head);
+        }
+        seen
+    });
+    (url, handle)
+}
+
+#[test]
+fn account_show_prints_fields_and_devices() {
+    let devices = r#"{"devices":[{"device":"iphone","provider":"apns","prid":"0a1b2c",
+        "param":"TEAM.com.example.voip","updated_unix":1700000000}]}"#;
+    let (url, server) = fake_admin_seq(vec![("200 OK", VIEW_42), ("200 OK", devices)]);
+    let out = against(&url, &["account", "show", "42"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let seen = server.join().unwrap();
+    assert!(
+        seen[0].starts_with("GET /accounts/42 HTTP/1.1\r\n"),
+        "{}",
+        seen[0]
+    );
+    assert!(
+        seen[1].starts_with("GET /accounts/42/devices HTTP/1.1\r\n"),
+        "{}",
+        seen[1]
+    );
+    assert_eq!(
+        stdout,
+        "id:             42\n\
+         aor:            sip:carol@provider.example\n\
+         auth user:      carol\n\
+         registrar:      sip:provider.example\n\
+         outbound proxy: -\n\
+         expires:        600\n\
+         enabled:        yes\n\
+         contact token:  k3yT0ken\n\
+         state:          registered (590s left)\n\
+         DEVICE  PROVIDER  PRID    PARAM                  UPDATED\n\
+         iphone  apns      0a1b2c  TEAM.com.example.voip  1700000000\n"
+    );
+}
+
+#[test]
+fn account_update_patches_only_what_is_given() {
+    let (url, server) = fake_admin("200 OK", VIEW_42);
+    let out = against(
+        &url,
+        &[
+            "account",
+            "update",
+            "42",
+            "--password",
+            "n3w",
+            "--expires",
+            "600",
+            "--no-outbound-proxy",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let request = server.join().unwrap();
+    assert!(
+        request.starts_with("PATCH /accounts/42 HTTP/1.1\r\n"),
+        "{request}"
+    );
+    assert_eq!(
+        body_of(&request),
+        serde_json::json!({"password": "n3w", "expires": 600, "outbound_proxy": null})
+    );
+    assert_eq!(
+        stdout,
+        "updated account 42 sip:carol@provider.example\n  state: registered (590s left)\n"
+    );
+
+    // Nothing to change: refused before any request.
+    let out = against("http://127.0.0.1:9", &["account", "update", "42"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).1.contains("nothing to update"),
+        "{:?}",
+        text(&out)
+    );
+    // --registrar and --no-registrar exclude each other (usage: 2).
+    let out = against(
+        "http://127.0.0.1:9",
+        &[
+            "account",
+            "update",
+            "42",
+            "--registrar",
+            "sip:x",
+            "--no-registrar",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn account_disable_and_enable_patch_enabled() {
+    for (cmd, enabled) in [("disable", false), ("enable", true)] {
+        let (url, server) = fake_admin("200 OK", VIEW_42);
+        let out = against(&url, &["account", cmd, "42"]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("PATCH /accounts/42 HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert_eq!(body_of(&request), serde_json::json!({ "enabled": enabled }));
+        assert!(
+            stdout.starts_with(&format!("{cmd}d account 42 ")),
+            "{stdout}"
+        );
+    }
+    let (url, server) = fake_admin("404 Not Found", r#"{"error":"no account 5"}"#);
+    let out = against(&url, &["account", "disable", "5"]);
+    server.join().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out).1.trim(), "error: no account 5 (HTTP 404)");
+}
+
+#[test]
+fn device_commands_call_the_device_api() {
+    let list = r#"{"devices":[
+        {"device":"iphone","provider":"apns","prid":"0a1b2c","param":"TEAM.com.example.voip","updated_unix":1700000000},
+        {"device":"pixel","provider":"fcm","prid":"fcm-token-1","param":null,"updated_unix":1700000100}]}"#;
+    let (url, server) = fake_admin("200 OK", list);
+    let out = against(&url, &["device", "list", "7"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(server
+        .join()
+        .unwrap()
+        .starts_with("GET /accounts/7/devices HTTP/1.1\r\n"));
+    assert_eq!(
+        stdout,
+        "DEVICE  PROVIDER  PRID         PARAM                  UPDATED\n\
+         iphone  apns      0a1b2c       TEAM.com.example.voip  1700000000\n\
+         pixel   fcm       fcm-token-1  -                      1700000100\n"
+    );
+
+    let view =
+        r#"{"device":"my phone","provider":"fcm","prid":"tok","param":"proj-1","updated_unix":1}"#;
+    let (url, server) = fake_admin("200 OK", view);
+    let out = against(
+        &url,
+        &[
+            "device",
+            "put",
+            "7",
+            "my phone",
+            "--provider",
+            "fcm",
+            "--prid",
+            "tok",
+            "--param",
+            "proj-1",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let request = server.join().unwrap();
+    assert!(
+        request.starts_with("PUT /accounts/7/devices/my%20phone HTTP/1.1\r\n"),
+        "{request}"
+    );
+    assert_eq!(
+        body_of(&request),
+        serde_json::json!({"provider": "fcm", "prid": "tok", "param": "proj-1"})
+    );
+    assert_eq!(
+        stdout.trim(),
+        "device my phone of account 7: fcm tok (proj-1)"
+    );
+    // An unknown provider never reaches the API.
+    let out = against(
+        "http://127.0.0.1:9",
+        &[
+            "device",
+            "put",
+            "7",
+            "x",
+            "--provider",
+            "gcm",
+            "--prid",
+            "t",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+
+    let (url, server) = fake_admin("404 Not Found", r#"{"error":"no such device"}"#);
+    let out = against(&url, &["device", "remove", "7", "ipad"]);
+    assert!(server
+        .join()
+        .unwrap()
+        .starts_with("DELETE /accounts/7/devices/ipad HTTP/1.1\r\n"));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out).1.trim(), "error: no such device (HTTP 404)");
+    let (url, server) = fake_admin("204 No Content", "");
+    let out = against(&url, &["device", "remove", "7", "ipad"]);
+    server.join().unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(text(&out).0.trim(), "removed device ipad of account 7");
+}
+
+#[test]
+fn account_import_on_conflict_goes_to_the_query() {
+    let file = temp_file("dup.csv", "aor,auth_user,password\nsip:a@p.example,a,pw\n");
+    let answer =
+        r#"{"imported":1,"created":1,"updated":0,"skipped":1,"skipped_aors":["sip:b@p.example"]}"#;
+    let (url, server) = fake_admin("200 OK", answer);
+    let out = against(
+        &url,
+        &[
+            "account",
+            "import",
+            file.to_str().unwrap(),
+            "--on-conflict",
+            "skip",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let request = server.join().unwrap();
+    assert!(
+        request.starts_with("POST /accounts/import?on_conflict=skip HTTP/1.1\r\n"),
+        "{request}"
+    );
+    assert_eq!(
+        stdout,
+        "imported 1 accounts: 1 created, 0 updated, 1 skipped\n  skipped (exists): sip:b@p.example\n"
+    );
+    let (url, server) = fake_admin(
+        "409 Conflict",
+        r#"{"error":"conflict: aor already provisioned: sip:a@p.example"}"#,
+    );
+    let out = against(&url, &["account", "import", file.to_str().unwrap()]);
+    assert!(server
+        .join()
+        .unwrap()
+        .starts_with("POST /accounts/import?on_conflict=fail HTTP/1.1\r\n"));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out).1.trim(),
+        "error: conflict: aor already provisioned: sip:a@p.example (HTTP 409)"
+    );
+    let out = against(
+        "http://127.0.0.1:9",
+        &["account", "import", "x.csv", "--on-conflict", "merge"],
+    );
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -266,6 +266,14 @@ impl Store for Probe {
         self.up()?;
         self.inner.create_accounts(new)
     }
+    fn import_accounts(
+        &mut self,
+        new: &[NewAccount],
+        on_conflict: sipis::store::OnConflict,
+    ) -> Result<sipis::store::ImportOutcome, StoreError> {
+        self.up()?;
+        self.inner.import_accounts(new, on_conflict)
+    }
     fn update_account(&mut self, a: &AccountRecord) -> Result<(), StoreError> {
         self.up()?;
         self.inner.update_account(a)
@@ -684,6 +692,63 @@ mod cases {
         assert_eq!(s.count_accounts().unwrap(), 110);
     }
 
+    pub fn import_on_conflict_fail_skip_update(f: &dyn Fixture) {
+        use sipis::store::OnConflict;
+        let mut s = migrated(f);
+        let made = s.create_accounts(&[acct(1), acct(2)]).unwrap();
+        // Row 1 is new, row 2 takes user2's AOR with other fields.
+        let mut dup = acct(3);
+        dup.aor = made[1].aor.clone();
+        dup.auth_user = "user2-new".into();
+        dup.secret = AccountSecret::Ha1("0123456789abcdef0123456789abcdef".into());
+        dup.registrar = None;
+        dup.expires = 600;
+        dup.enabled = false;
+        let rows = vec![acct(4), dup.clone()];
+
+        // fail: nothing written.
+        is_conflict(
+            s.import_accounts(&rows, OnConflict::Fail),
+            "aor already provisioned: sip:user2@provider.example",
+        );
+        assert_eq!(s.count_accounts().unwrap(), 2);
+
+        // skip: user4 created, user2 as it was.
+        let out = s.import_accounts(&rows, OnConflict::Skip).unwrap();
+        assert_eq!(out.created.len(), 1);
+        assert_eq!(out.created[0].aor, "sip:user4@provider.example");
+        assert!(out.updated.is_empty());
+        assert_eq!(out.skipped, vec!["sip:user2@provider.example".to_string()]);
+        assert_eq!(s.get_account(made[1].id).unwrap().unwrap(), made[1]);
+
+        // update: user2 takes the row's fields, keeps its id and token;
+        // user4 exists now, so it is rewritten too (same fields).
+        let out = s.import_accounts(&rows, OnConflict::Update).unwrap();
+        assert!(out.created.is_empty() && out.skipped.is_empty());
+        assert_eq!(out.updated.len(), 2);
+        let (old, new) = &out.updated[1];
+        assert_eq!(old, &made[1]);
+        let stored = s.get_account(made[1].id).unwrap().unwrap();
+        assert_eq!(&stored, new);
+        assert_eq!(
+            stored,
+            AccountRecord {
+                id: made[1].id,
+                token: made[1].token.clone(),
+                ..dup.with_id(made[1].id)
+            }
+        );
+        assert_eq!(s.count_accounts().unwrap(), 3);
+        // A token taken by another account is a conflict in every mode.
+        let mut clash = acct(5);
+        clash.token = made[0].token.clone();
+        is_conflict(
+            s.import_accounts(&[clash], OnConflict::Skip),
+            "token already in use",
+        );
+        assert_eq!(s.count_accounts().unwrap(), 3);
+    }
+
     pub fn csv_import(f: &dyn Fixture) {
         let mut s = migrated(f);
         let csv = "\
@@ -1041,6 +1106,7 @@ suite! {
         devices_put_replace_list_delete,
         call_outcomes_newest_first,
         bulk_create_is_all_or_nothing,
+        import_on_conflict_fail_skip_update,
         csv_import,
         newer_schema_is_refused,
         thread_coalesces_saves,

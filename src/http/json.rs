@@ -555,15 +555,25 @@ pub struct DeviceList {
 }
 
 /// `POST /accounts/import`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ImportResult {
+    /// Rows written: `created + updated`.
     pub imported: usize,
+    pub created: usize,
+    /// Existing accounts rewritten (`on_conflict=update`).
+    pub updated: usize,
+    /// Rows left out because their AOR exists (`on_conflict=skip`).
+    pub skipped: usize,
+    /// Their AORs, in input order.
+    pub skipped_aors: Vec<String>,
 }
 
 /// `GET /health`: served with 200 when `ok`, else 503.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
     pub ok: bool,
+    /// This build's version.
+    pub version: String,
     pub shards_alive: usize,
     pub shards_total: usize,
     pub store_available: bool,

@@ -14,21 +14,29 @@
 //! | route | methods | success |
 //! |---|---|---|
 //! | `/health` (no token needed) | GET | 200 [`Health`] (503 when not ok) |
+//! | `/health/live` (no token needed) | GET | 200 [`Liveness`] |
+//! | `/health/ready` (no token needed) | GET | 200 [`Readiness`] (503 when `not_ready`) |
 //! | `/metrics` | GET | 200 `text/plain; version=0.0.4` |
 //! | `/accounts?after=&limit=` | GET, POST | 200 [`AccountList`]; 201 [`AccountView`] + `Location` |
-//! | `/accounts/import` | POST (`text/csv`) | 200 [`ImportResult`] |
+//! | `/accounts/import?on_conflict=fail\|skip\|update` | POST (`text/csv`) | 200 [`ImportResult`] |
 //! | `/accounts/{id}` | GET, PATCH, DELETE | 200 [`AccountView`]; 204 |
 //! | `/accounts/{id}/devices` | GET | 200 [`DeviceList`] |
 //! | `/accounts/{id}/devices/{device}` | PUT, DELETE | 200 [`DeviceView`]; 204 |
 //!
 //! Errors are `{"error": "..."}` with the status of the [`ApiError`].
 
+mod health;
 mod json;
 pub(crate) mod routes;
 pub(crate) mod server;
 pub(crate) mod site;
 pub(crate) mod tls;
 
+pub use health::{
+    ready_status, store_state, Liveness, Readiness, ReadyStatus, RegistrarCounts, RegistrarHealth,
+    RegistrarState, RegistrarTracker, ShardsHealth, StoreHealth, StoreState, REGISTRAR_GRACE,
+    STORE_GRACE,
+};
 pub use json::{
     AccountList, AccountUpdate, AccountView, DeviceList, DeviceRequest, DeviceView, ErrorBody,
     Health, ImportResult, NewAccountRequest, RegState, StatusView, DEFAULT_EXPIRES,
@@ -36,6 +44,7 @@ pub use json::{
 };
 pub use routes::AdminServer;
 
+pub use crate::store::OnConflict;
 use crate::store::StoreError;
 use crate::AccountId;
 use std::fmt;
@@ -53,8 +62,14 @@ pub trait AdminApi: Send + Sync + 'static {
     fn get_account(&self, id: AccountId) -> Result<AccountView, ApiError>;
     /// Accounts with `id > after`, by id, at most `limit` (1..=1000).
     fn list_accounts(&self, after: AccountId, limit: usize) -> Result<Vec<AccountView>, ApiError>;
-    /// A `text/csv` body, imported all-or-nothing; returns how many.
-    fn import_accounts(&self, csv: &[u8]) -> Result<usize, ApiError>;
+    /// A `text/csv` body, imported all-or-nothing; an AOR already
+    /// provisioned fails the import, is skipped or updates the account, as
+    /// `on_conflict` says.
+    fn import_accounts(
+        &self,
+        csv: &[u8],
+        on_conflict: OnConflict,
+    ) -> Result<ImportResult, ApiError>;
     fn put_device(
         &self,
         id: AccountId,
@@ -65,6 +80,8 @@ pub trait AdminApi: Send + Sync + 'static {
     fn list_devices(&self, id: AccountId) -> Result<Vec<DeviceView>, ApiError>;
     /// Served as 200 when `ok`, else 503.
     fn health(&self) -> Health;
+    /// `/health/ready`: served as 200 unless `not_ready` (then 503).
+    fn ready(&self) -> Readiness;
     /// Appends the Prometheus text exposition (see [`crate::metrics`]).
     fn render_metrics(&self, out: &mut String);
 }

@@ -8,7 +8,7 @@ use super::json::{
 use super::server::HttpServer;
 use super::site::{Call, Response, Site, Target, JSON, METRICS};
 use super::HttpError;
-use super::{AdminApi, AdminConfig, ApiError};
+use super::{AdminApi, AdminConfig, ApiError, Liveness, OnConflict};
 use crate::AccountId;
 use serde::de::DeserializeOwned;
 use std::net::SocketAddr;
@@ -18,6 +18,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Route {
     Health,
+    Live,
+    Ready,
     Metrics,
     Accounts,
     Import,
@@ -30,7 +32,9 @@ impl Route {
     /// The `Allow` header value.
     pub(crate) fn allow(&self) -> &'static str {
         match self {
-            Route::Health | Route::Metrics | Route::Devices(_) => "GET",
+            Route::Health | Route::Live | Route::Ready | Route::Metrics | Route::Devices(_) => {
+                "GET"
+            }
             Route::Accounts => "GET, POST",
             Route::Import => "POST",
             Route::Account(_) => "GET, PATCH, DELETE",
@@ -38,9 +42,10 @@ impl Route {
         }
     }
 
-    /// Everything but the health check needs the token.
+    /// Everything but the health checks needs the token (they tell no
+    /// secret: states and counts only).
     pub(crate) fn needs_auth(&self) -> bool {
-        *self != Route::Health
+        !matches!(self, Route::Health | Route::Live | Route::Ready)
     }
 
     /// The bulk import has its own (larger) body limit.
@@ -71,6 +76,8 @@ pub(crate) fn resolve(path: &str) -> Target<Route> {
     };
     let route = match segs.as_slice() {
         ["health"] => Route::Health,
+        ["health", "live"] => Route::Live,
+        ["health", "ready"] => Route::Ready,
         ["metrics"] => Route::Metrics,
         ["accounts"] => Route::Accounts,
         ["accounts", "import"] => Route::Import,
@@ -227,10 +234,22 @@ fn handle(
             let location = format!("/accounts/{}", view.id);
             Response::json(201, &view).header("Location", location)
         }
+        (Route::Live, _) => Response::json(
+            200,
+            &Liveness {
+                status: "live".into(),
+                version: crate::VERSION.into(),
+            },
+        ),
+        (Route::Ready, _) => {
+            let r = api.ready();
+            Response::json(r.status.http_status(), &r)
+        }
         (Route::Import, _) => {
+            let on_conflict = import_query(call.query)?;
             expect_type(call.content_type, "text/csv")?;
-            let imported = api.import_accounts(call.body)?;
-            Response::json(200, &ImportResult { imported })
+            let result: ImportResult = api.import_accounts(call.body, on_conflict)?;
+            Response::json(200, &result)
         }
         (Route::Account(id), "GET") => Response::json(200, &api.get_account(*id)?),
         (Route::Account(id), "PATCH") => {
@@ -292,6 +311,30 @@ fn list_query(query: &str) -> Result<(AccountId, usize), ApiError> {
         }
     }
     Ok((after, limit))
+}
+
+/// `on_conflict` = `fail` (default), `skip` or `update`.
+fn import_query(query: &str) -> Result<OnConflict, ApiError> {
+    let mut mode = OnConflict::Fail;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v).unwrap_or_default();
+        match k {
+            "on_conflict" => {
+                mode = OnConflict::parse(&v).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "query \"on_conflict\": {v:?} is not one of fail, skip, update"
+                    ))
+                })?;
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?} (expected \"on_conflict\")"
+                )))
+            }
+        }
+    }
+    Ok(mode)
 }
 
 fn expect_type(content_type: Option<&str>, want: &str) -> Result<(), ApiError> {
@@ -357,6 +400,9 @@ mod tests {
     #[test]
     fn resolves_paths() {
         assert_eq!(resolve("/health"), Target::Found(Route::Health));
+        assert_eq!(resolve("/health/live"), Target::Found(Route::Live));
+        assert_eq!(resolve("/health/ready"), Target::Found(Route::Ready));
+        assert_eq!(resolve("/health/other"), Target::NotFound);
         assert_eq!(resolve("/accounts/import"), Target::Found(Route::Import));
         assert_eq!(resolve("/accounts/42"), Target::Found(Route::Account(42)));
         assert_eq!(
@@ -399,6 +445,30 @@ mod tests {
         assert!(!allows(Route::Accounts.allow(), "PUT"));
         assert!(!allows(Route::Accounts.allow(), "POS"));
         assert!(allows(Route::Device(1, "d".into()).allow(), "DELETE"));
+    }
+
+    #[test]
+    fn import_queries() {
+        assert_eq!(import_query("").unwrap(), OnConflict::Fail);
+        assert_eq!(import_query("on_conflict=skip").unwrap(), OnConflict::Skip);
+        assert_eq!(
+            import_query("on_conflict=update").unwrap(),
+            OnConflict::Update
+        );
+        assert!(import_query("on_conflict=merge")
+            .unwrap_err()
+            .message
+            .contains("fail, skip, update"));
+        assert!(import_query("mode=skip")
+            .unwrap_err()
+            .message
+            .contains("mode"));
+    }
+
+    #[test]
+    fn health_routes_need_no_token() {
+        assert!(!Route::Live.needs_auth() && !Route::Ready.needs_auth());
+        assert!(Route::Metrics.needs_auth());
     }
 
     #[test]

@@ -4,20 +4,21 @@
 use super::{EventSink, RuntimeError, ShardSettings, Shards, STATE_NAMES};
 use crate::config::{AdminToken, Config, StoreConfig};
 use crate::http::{
-    AccountUpdate, AccountView, AdminApi, AdminServer, ApiError, DeviceRequest, DeviceView, Health,
-    NewAccountRequest, StatusView,
+    ready_status, store_state, AccountUpdate, AccountView, AdminApi, AdminServer, ApiError,
+    DeviceRequest, DeviceView, Health, ImportResult, NewAccountRequest, Readiness, RegistrarCounts,
+    RegistrarHealth, RegistrarTracker, ShardsHealth, StatusView, StoreHealth,
 };
 use crate::metrics::{counter, gauge, summary_from_histogram};
 use crate::parser::{Host, Scheme, Uri};
 use crate::push::client::PushClient;
 use crate::push::{PushOutcome, PushRequest, PushResult};
 use crate::store::{
-    new_token, parse_accounts_csv, AccountRecord, PgOptions, PostgresStore, SqliteStore, Store,
-    StoreHandle, StoreThread,
+    new_token, parse_accounts_csv, AccountRecord, OnConflict, PgOptions, PostgresStore,
+    SqliteStore, Store, StoreHandle, StoreThread,
 };
 use crate::store::{CallOutcomeRecord, DeviceRecord};
-use crate::{AccountConfig, AccountId, Registrar, SavedRegistration, Stats};
-use std::collections::HashMap;
+use crate::{AccountConfig, AccountId, RegStatus, Registrar, SavedRegistration, Stats};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,6 +118,57 @@ struct Core {
     resolved: Mutex<HashMap<(String, u16), SocketAddr>>,
     /// Accounts whose registrar could not be resolved, with the reason.
     unresolved: Mutex<HashMap<AccountId, String>>,
+    /// The registrar (`host[:port]`) of each account handed to a shard,
+    /// for `/health/ready`.
+    registrar_of: Mutex<HashMap<AccountId, String>>,
+    /// The last registrar report and since when each registrar has failed.
+    registrars: Mutex<RegistrarView>,
+    /// A store probe is on its way (at most one at a time).
+    probing: Arc<AtomicBool>,
+    /// When the store was last probed.
+    last_probe: Mutex<Option<Instant>>,
+}
+
+/// `/health/ready`'s registrar part, computed at most once per
+/// [`REPORT_EVERY`].
+#[derive(Default)]
+struct RegistrarView {
+    tracker: RegistrarTracker,
+    last: Option<(Instant, BTreeMap<String, RegistrarHealth>)>,
+}
+
+/// How often the registrar report and the store probe are renewed (health
+/// probes in between get the last ones).
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How long `/health/ready` waits for the store's answer to its probe.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
+/// How often `serve` samples the registrars, so that "failing for a
+/// while" is measured even without health probes.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// Clears the "probe on its way" flag when the probe has run (or was
+/// dropped unrun).
+struct ProbeGuard(Arc<AtomicBool>);
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// `host[:port]` of a registrar URI: no user part, nothing secret.
+fn registrar_key(uri: &str) -> Option<String> {
+    let u = Uri::parse(uri.as_bytes()).ok()?;
+    let host = match u.host {
+        Host::Domain(d) => d.to_ascii_lowercase(),
+        Host::V4(a) => a.to_string(),
+        Host::V6(a) => format!("[{a}]"),
+        Host::Absent => return None,
+    };
+    Some(match u.port {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    })
 }
 
 /// Runs sipis until SIGTERM or SIGINT; SIGHUP reloads the TLS
@@ -146,10 +198,15 @@ pub fn serve_with(cfg: Config, mut on_hup: impl FnMut(&Server)) -> Result<(), Se
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
         .map_err(|e| ServeError::Admin(e.to_string()))?;
+    let mut sampled = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         if hup.swap(false, Ordering::Relaxed) {
             on_hup(&server);
+        }
+        if sampled.elapsed() >= SAMPLE_EVERY {
+            sampled = Instant::now();
+            server.core.registrar_report();
         }
     }
     tracing::info!(unregister, bound = ?bound, "shutting down");
@@ -285,6 +342,10 @@ impl Server {
             started: Instant::now(),
             resolved: Mutex::new(HashMap::new()),
             unresolved: Mutex::new(HashMap::new()),
+            registrar_of: Mutex::new(HashMap::new()),
+            registrars: Mutex::new(RegistrarView::default()),
+            probing: Arc::new(AtomicBool::new(false)),
+            last_probe: Mutex::new(None),
         });
         core.load_accounts()?;
 
@@ -406,8 +467,96 @@ impl Core {
         Ok(())
     }
 
+    /// Remembers (or forgets) the registrar of an account on a shard.
+    fn track_registrar(&self, rec: &AccountRecord) {
+        let mut map = self.registrar_of.lock().unwrap_or_else(|p| p.into_inner());
+        match rec.registrar.as_deref().filter(|_| rec.enabled) {
+            Some(uri) => {
+                let key = registrar_key(uri).unwrap_or_else(|| "?".to_owned());
+                map.insert(rec.id, key);
+            }
+            None => {
+                map.remove(&rec.id);
+            }
+        }
+    }
+
+    /// Accounts by registration state per registrar, and since when each
+    /// registrar has had all its accounts failing; renewed at most every
+    /// [`REPORT_EVERY`].
+    fn registrar_report(&self) -> BTreeMap<String, RegistrarHealth> {
+        let mut view = self.registrars.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, report)) = &view.last {
+            if at.elapsed() < REPORT_EVERY {
+                return report.clone();
+            }
+        }
+        let accounts: Vec<(AccountId, String)> = self
+            .registrar_of
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, host)| (*id, host.clone()))
+            .collect();
+        let unresolved: std::collections::HashSet<AccountId> = self
+            .unresolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        let statuses = self.shards.statuses(
+            accounts
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| !unresolved.contains(id)),
+            Duration::from_secs(1),
+        );
+        let mut counts: BTreeMap<String, RegistrarCounts> = BTreeMap::new();
+        for (id, host) in accounts {
+            let c = counts.entry(host).or_default();
+            c.accounts += 1;
+            if unresolved.contains(&id) {
+                c.failed += 1;
+                continue;
+            }
+            match statuses.get(&id) {
+                None | Some(RegStatus::Pending) | Some(RegStatus::Unregistered) => c.pending += 1,
+                Some(RegStatus::Registering) => c.registering += 1,
+                Some(RegStatus::Registered { .. }) => c.registered += 1,
+                Some(RegStatus::Retrying { .. }) => c.retrying += 1,
+                Some(RegStatus::Failed { .. }) => c.failed += 1,
+            }
+        }
+        let now = Instant::now();
+        let report = view.tracker.observe(now, counts);
+        view.last = Some((now, report.clone()));
+        report
+    }
+
+    /// Asks the database whether it answers (at most one probe on its way,
+    /// one a [`REPORT_EVERY`]); the store thread notes the result.
+    fn probe_store(&self) {
+        {
+            let mut last = self.last_probe.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < REPORT_EVERY) {
+                return;
+            }
+            if self.probing.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let guard = ProbeGuard(self.probing.clone());
+        let _ = self.store.call_with_timeout(PROBE_WAIT, move |s| {
+            let _guard = guard;
+            s.ping()
+        });
+    }
+
     /// Hands an account to its shard (resolving its registrar first).
     fn activate(&self, rec: &AccountRecord, saved: Option<SavedRegistration>) {
+        self.track_registrar(rec);
         match self.engine_account(rec) {
             Ok(cfg) => {
                 self.unresolved
@@ -483,6 +632,44 @@ impl Core {
         Ok(addr)
     }
 
+    /// Brings the shards in line with an account just rewritten in the
+    /// store: started, updated or stopped. An account enabled again gets
+    /// its devices back (its shard forgot them when it was disabled).
+    fn reconfigure(&self, rec: &AccountRecord, was_enabled: bool) -> Result<(), ApiError> {
+        let id = rec.id;
+        self.track_registrar(rec);
+        if !rec.enabled {
+            self.shards.remove_account(id);
+            self.unresolved
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            return Ok(());
+        }
+        match self.engine_account(rec) {
+            Ok(cfg) => {
+                self.unresolved
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                self.shards.update_account(cfg);
+                if !was_enabled {
+                    for d in self.store.call(move |s| s.list_devices(id))? {
+                        self.shards.put_device(d);
+                    }
+                }
+            }
+            Err(e) => {
+                self.shards.remove_account(id);
+                self.unresolved
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id, e);
+            }
+        }
+        Ok(())
+    }
+
     fn status_of(&self, rec: &AccountRecord) -> StatusView {
         if !rec.enabled {
             return StatusView::disabled();
@@ -544,29 +731,11 @@ impl AdminApi for Core {
         update: AccountUpdate,
     ) -> Result<AccountView, ApiError> {
         let mut rec = self.get(id)?;
+        let was_enabled = rec.enabled;
         update.apply(&mut rec);
         let stored = rec.clone();
         self.store.call(move |s| s.update_account(&stored))?;
-        if rec.enabled {
-            match self.engine_account(&rec) {
-                Ok(cfg) => {
-                    self.unresolved
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
-                    self.shards.update_account(cfg);
-                }
-                Err(e) => {
-                    self.shards.remove_account(id);
-                    self.unresolved
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(id, e);
-                }
-            }
-        } else {
-            self.shards.remove_account(id);
-        }
+        self.reconfigure(&rec, was_enabled)?;
         Ok(self.view(&rec))
     }
 
@@ -576,6 +745,10 @@ impl AdminApi for Core {
         }
         self.shards.remove_account(id);
         self.unresolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        self.registrar_of
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
@@ -605,15 +778,29 @@ impl AdminApi for Core {
             .collect())
     }
 
-    fn import_accounts(&self, csv: &[u8]) -> Result<usize, ApiError> {
+    fn import_accounts(
+        &self,
+        csv: &[u8],
+        on_conflict: OnConflict,
+    ) -> Result<ImportResult, ApiError> {
         let new =
             parse_accounts_csv(csv, new_token).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let n = new.len();
-        let recs = self.store.call(move |s| s.create_accounts(&new))?;
-        for rec in recs.iter().filter(|r| r.enabled) {
+        let done = self
+            .store
+            .call(move |s| s.import_accounts(&new, on_conflict))?;
+        for rec in done.created.iter().filter(|r| r.enabled) {
             self.activate(rec, None);
         }
-        Ok(n)
+        for (old, rec) in &done.updated {
+            self.reconfigure(rec, old.enabled)?;
+        }
+        Ok(ImportResult {
+            imported: done.created.len() + done.updated.len(),
+            created: done.created.len(),
+            updated: done.updated.len(),
+            skipped: done.skipped.len(),
+            skipped_aors: done.skipped,
+        })
     }
 
     fn put_device(
@@ -654,6 +841,7 @@ impl AdminApi for Core {
         let store_available = self.store.available();
         Health {
             ok: alive == snaps.len() && store_available,
+            version: crate::VERSION.to_owned(),
             shards_alive: alive,
             shards_total: snaps.len(),
             store_available,
@@ -661,7 +849,39 @@ impl AdminApi for Core {
         }
     }
 
+    fn ready(&self) -> Readiness {
+        self.probe_store();
+        let snaps = self.shards.snapshots();
+        let shards = ShardsHealth {
+            alive: snaps.iter().filter(|(a, _)| *a).count(),
+            total: snaps.len(),
+        };
+        let down_for = self.store.unavailable_for();
+        let store = StoreHealth {
+            state: store_state(self.store.is_running(), down_for),
+            unavailable_secs: down_for.map(|d| d.as_secs()),
+            pending_saves: self.store.pending_saves(),
+            pending_outcomes: self.store.pending_outcomes(),
+        };
+        let registrars = self.registrar_report();
+        Readiness {
+            status: ready_status(shards, store.state, &registrars),
+            version: crate::VERSION.to_owned(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            shards,
+            store,
+            registrars,
+        }
+    }
+
     fn render_metrics(&self, out: &mut String) {
+        gauge(
+            out,
+            "sipis_build_info",
+            "This build: always 1, its version as a label.",
+            &[("version", crate::VERSION)],
+            1u64,
+        );
         let snaps = self.shards.snapshots();
         let sum =
             |f: &dyn Fn(&super::ShardSnapshot) -> u64| snaps.iter().map(|(_, s)| f(s)).sum::<u64>();

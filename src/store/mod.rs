@@ -20,7 +20,8 @@
 //!   belongs to one device; the same push token may serve several accounts
 //!   (one app, several lines).
 //! - [`StoreThread`] / [`StoreHandle`]: the only way in from the rest of
-//!   sipis; [`parse_accounts_csv`] + [`Store::create_accounts`] import.
+//!   sipis; [`parse_accounts_csv`] + [`Store::import_accounts`] import,
+//!   with a rule for AORs already provisioned ([`OnConflict`]).
 
 use crate::{AccountId, AccountSecret, SavedRegistration};
 use std::fmt;
@@ -201,6 +202,68 @@ pub struct DeviceRecord {
     pub updated_unix: i64,
 }
 
+/// What an import does with a row whose AOR is already provisioned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnConflict {
+    /// The whole import fails with [`StoreError::Conflict`]; nothing is
+    /// written.
+    #[default]
+    Fail,
+    /// The stored account stays as it is; the row is reported as skipped.
+    Skip,
+    /// The stored account takes the row's fields (auth user, secret,
+    /// registrar, outbound proxy, expires, enabled); its id and Contact
+    /// token stay, so the provider's INVITEs keep reaching it.
+    Update,
+}
+
+impl OnConflict {
+    /// `fail`, `skip`, `update` (the API's `on_conflict` values).
+    pub fn parse(s: &str) -> Option<OnConflict> {
+        match s {
+            "fail" => Some(OnConflict::Fail),
+            "skip" => Some(OnConflict::Skip),
+            "update" => Some(OnConflict::Update),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnConflict::Fail => "fail",
+            OnConflict::Skip => "skip",
+            OnConflict::Update => "update",
+        }
+    }
+}
+
+/// What [`Store::import_accounts`] did, row by row.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImportOutcome {
+    /// New accounts, in input order.
+    pub created: Vec<AccountRecord>,
+    /// Existing accounts rewritten from their row ([`OnConflict::Update`]):
+    /// (as they were, as now stored).
+    pub updated: Vec<(AccountRecord, AccountRecord)>,
+    /// AORs of rows left out because they exist ([`OnConflict::Skip`]).
+    pub skipped: Vec<String>,
+}
+
+impl AccountRecord {
+    /// This account with the fields of an import row (id and token kept).
+    pub fn updated_from(&self, row: &NewAccount) -> AccountRecord {
+        AccountRecord {
+            auth_user: row.auth_user.clone(),
+            secret: row.secret.clone(),
+            registrar: row.registrar.clone(),
+            outbound_proxy: row.outbound_proxy.clone(),
+            expires: row.expires,
+            enabled: row.enabled,
+            ..self.clone()
+        }
+    }
+}
+
 /// The outcome of one call, kept for call logs and the late-wake window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallOutcomeRecord {
@@ -253,6 +316,20 @@ pub trait Store: Send {
     /// Creates many accounts in one transaction (CSV import): all or none.
     /// The records come back in input order.
     fn create_accounts(&mut self, new: &[NewAccount]) -> Result<Vec<AccountRecord>, StoreError>;
+    /// Imports accounts in one transaction (all or none): a row whose AOR
+    /// is new is created; one whose AOR exists fails the import, is
+    /// skipped or updates that account, as `on_conflict` says. A token
+    /// taken by another account is a `Conflict` in every mode.
+    fn import_accounts(
+        &mut self,
+        new: &[NewAccount],
+        on_conflict: OnConflict,
+    ) -> Result<ImportOutcome, StoreError>;
+    /// Whether the database answers (the readiness probe); by default a
+    /// count of the accounts.
+    fn ping(&mut self) -> Result<(), StoreError> {
+        self.count_accounts().map(|_| ())
+    }
     /// Replaces an account's fields (by id). `NotFound` if absent.
     fn update_account(&mut self, a: &AccountRecord) -> Result<(), StoreError>;
     /// Deletes an account with its devices, registration state and call

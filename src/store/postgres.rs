@@ -15,7 +15,7 @@
 use super::{
     aor_conflict, db_id, device_conflict, newer_schema, secret_columns, secret_from_columns,
     stored_id, stored_u32, token_conflict, AccountRecord, CallOutcomeRecord, DeviceRecord,
-    Migration, NewAccount, Store, StoreError, SCHEMA_VERSION,
+    ImportOutcome, Migration, NewAccount, OnConflict, Store, StoreError, SCHEMA_VERSION,
 };
 use crate::{AccountId, SavedRegistration};
 use std::collections::{BTreeMap, HashMap};
@@ -95,6 +95,8 @@ const SQL_UPDATE_ACCOUNT: &str = "UPDATE accounts SET aor = $2, auth_user = $3, 
 const SQL_DELETE_ACCOUNT: &str = "DELETE FROM accounts WHERE id = $1";
 const SQL_GET_ACCOUNT: &str = "SELECT id, aor, auth_user, password, ha1, registrar, \
      outbound_proxy, expires, token, enabled FROM accounts WHERE id = $1";
+const SQL_GET_ACCOUNT_BY_AOR: &str = "SELECT id, aor, auth_user, password, ha1, registrar, \
+     outbound_proxy, expires, token, enabled FROM accounts WHERE aor = $1";
 const SQL_LIST_ACCOUNTS: &str = "SELECT id, aor, auth_user, password, ha1, registrar, \
      outbound_proxy, expires, token, enabled FROM accounts WHERE id > $1 ORDER BY id LIMIT $2";
 const SQL_COUNT_ACCOUNTS: &str = "SELECT COUNT(*) FROM accounts";
@@ -484,6 +486,55 @@ impl Store for PostgresStore {
             let mut out = Vec::with_capacity(new.len());
             for n in new {
                 out.push(insert_account(&mut c.stmts, &tx, n).await?);
+            }
+            tx.commit().await.map_err(commit_err)?;
+            Ok(out)
+        })
+    }
+
+    fn import_accounts(
+        &mut self,
+        new: &[NewAccount],
+        on_conflict: OnConflict,
+    ) -> Result<ImportOutcome, StoreError> {
+        self.run(false, async |c| {
+            let tx = c.client.transaction().await?;
+            let mut out = ImportOutcome::default();
+            for n in new {
+                let st = prep(&mut c.stmts, &tx, SQL_GET_ACCOUNT_BY_AOR).await?;
+                let rows = tx.query(&st, &[&n.aor]).await?;
+                let existing = rows.first().map(account_from_row).transpose()?;
+                match (existing, on_conflict) {
+                    (None, _) => out
+                        .created
+                        .push(insert_account(&mut c.stmts, &tx, n).await?),
+                    (Some(_), OnConflict::Fail) => return Err(aor_conflict(&n.aor).into()),
+                    (Some(_), OnConflict::Skip) => out.skipped.push(n.aor.clone()),
+                    (Some(old), OnConflict::Update) => {
+                        let rec = old.updated_from(n);
+                        let (password, ha1) = secret_columns(&rec.secret);
+                        let st = prep(&mut c.stmts, &tx, SQL_UPDATE_ACCOUNT).await?;
+                        let id = db_id(rec.id).ok_or(StoreError::NotFound)?;
+                        tx.execute(
+                            &st,
+                            &[
+                                &id,
+                                &rec.aor,
+                                &rec.auth_user,
+                                &password,
+                                &ha1,
+                                &rec.registrar,
+                                &rec.outbound_proxy,
+                                &i64::from(rec.expires),
+                                &rec.token,
+                                &rec.enabled,
+                            ],
+                        )
+                        .await
+                        .map_err(|e| account_err(e, &rec.aor, &rec.token))?;
+                        out.updated.push((old, rec));
+                    }
+                }
             }
             tx.commit().await.map_err(commit_err)?;
             Ok(out)

@@ -4,7 +4,8 @@
 use super::{
     aor_conflict, db_id, device_conflict, newer_schema, secret_columns, secret_from_columns,
     stored_id, stored_u32, token_conflict, unix_now, AccountRecord, CallOutcomeRecord,
-    DeviceRecord, Migration, NewAccount, Store, StoreError, SCHEMA_VERSION,
+    DeviceRecord, ImportOutcome, Migration, NewAccount, OnConflict, Store, StoreError,
+    SCHEMA_VERSION,
 };
 use crate::{AccountId, SavedRegistration};
 use rusqlite::{params, Connection, ErrorCode, Row, TransactionBehavior};
@@ -217,6 +218,41 @@ fn insert_account(
     Ok(new.clone().with_id(id))
 }
 
+/// Rewrites an account's row by id (`NotFound` if absent).
+fn update_row(conn: &Connection, a: &AccountRecord) -> Result<(), StoreError> {
+    let Some(id) = db_id(a.id) else {
+        return Err(StoreError::NotFound);
+    };
+    let (password, ha1) = secret_columns(&a.secret);
+    let mut st = conn
+        .prepare_cached(
+            "UPDATE accounts SET aor = ?2, auth_user = ?3, password = ?4, ha1 = ?5, \
+             registrar = ?6, outbound_proxy = ?7, expires = ?8, token = ?9, enabled = ?10, \
+             updated = ?11 WHERE id = ?1",
+        )
+        .map_err(map_err)?;
+    let n = st
+        .execute(params![
+            id,
+            a.aor,
+            a.auth_user,
+            password,
+            ha1,
+            a.registrar,
+            a.outbound_proxy,
+            i64::from(a.expires),
+            a.token,
+            a.enabled,
+            unix_now(),
+        ])
+        .map_err(|e| account_err(e, &a.aor, &a.token))?;
+    if n == 0 {
+        Err(StoreError::NotFound)
+    } else {
+        Ok(())
+    }
+}
+
 fn insert_outcome(conn: &Connection, o: &CallOutcomeRecord, id: i64) -> rusqlite::Result<usize> {
     let mut st = conn.prepare_cached(
         "INSERT INTO call_outcomes (call_id, account_id, caller, outcome, reason, \
@@ -288,39 +324,44 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn update_account(&mut self, a: &AccountRecord) -> Result<(), StoreError> {
-        let Some(id) = db_id(a.id) else {
-            return Err(StoreError::NotFound);
-        };
-        let (password, ha1) = secret_columns(&a.secret);
-        let mut st = self
-            .conn
-            .prepare_cached(
-                "UPDATE accounts SET aor = ?2, auth_user = ?3, password = ?4, ha1 = ?5, \
-                 registrar = ?6, outbound_proxy = ?7, expires = ?8, token = ?9, enabled = ?10, \
-                 updated = ?11 WHERE id = ?1",
-            )
-            .map_err(map_err)?;
-        let n = st
-            .execute(params![
-                id,
-                a.aor,
-                a.auth_user,
-                password,
-                ha1,
-                a.registrar,
-                a.outbound_proxy,
-                i64::from(a.expires),
-                a.token,
-                a.enabled,
-                unix_now(),
-            ])
-            .map_err(|e| account_err(e, &a.aor, &a.token))?;
-        if n == 0 {
-            Err(StoreError::NotFound)
-        } else {
-            Ok(())
+    fn import_accounts(
+        &mut self,
+        new: &[NewAccount],
+        on_conflict: OnConflict,
+    ) -> Result<ImportOutcome, StoreError> {
+        let now = unix_now();
+        let tx = self.conn.transaction().map_err(map_err)?;
+        let mut out = ImportOutcome::default();
+        for n in new {
+            let existing = {
+                let mut st = tx
+                    .prepare_cached(&format!(
+                        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE aor = ?1"
+                    ))
+                    .map_err(map_err)?;
+                let mut rows = st.query([&n.aor]).map_err(map_err)?;
+                match rows.next().map_err(map_err)? {
+                    Some(r) => Some(account_from_row(r)?),
+                    None => None,
+                }
+            };
+            match (existing, on_conflict) {
+                (None, _) => out.created.push(insert_account(&tx, n, now)?),
+                (Some(_), OnConflict::Fail) => return Err(aor_conflict(&n.aor)),
+                (Some(_), OnConflict::Skip) => out.skipped.push(n.aor.clone()),
+                (Some(old), OnConflict::Update) => {
+                    let rec = old.updated_from(n);
+                    update_row(&tx, &rec)?;
+                    out.updated.push((old, rec));
+                }
+            }
         }
+        tx.commit().map_err(map_err)?;
+        Ok(out)
+    }
+
+    fn update_account(&mut self, a: &AccountRecord) -> Result<(), StoreError> {
+        update_row(&self.conn, a)
     }
 
     fn delete_account(&mut self, id: AccountId) -> Result<bool, StoreError> {

@@ -99,6 +99,7 @@ impl StoreThread {
             failed_writes: AtomicU64::new(0),
             dropped_writes: AtomicU64::new(0),
             available: AtomicBool::new(true),
+            down_since: Mutex::new(None),
             join: Mutex::new(None),
         });
         let call_timeout = config.call_timeout;
@@ -133,7 +134,26 @@ struct Shared {
     failed_writes: AtomicU64,
     dropped_writes: AtomicU64,
     available: AtomicBool,
+    /// When the database stopped answering (`None` while it answers).
+    down_since: Mutex<Option<Instant>>,
     join: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// Records whether the database answered; the outage's start is kept
+    /// from its first failure until it answers again.
+    /// Records whether the database answers; returns whether it did
+    /// before.
+    fn set_available(&self, up: bool) -> bool {
+        let was = self.available.swap(up, Relaxed);
+        let mut since = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        match (up, *since) {
+            (true, _) => *since = None,
+            (false, None) => *since = Some(Instant::now()),
+            (false, Some(_)) => {}
+        }
+        was
+    }
 }
 
 /// What a request told about the database.
@@ -308,6 +328,27 @@ impl StoreHandle {
         self.shared.available.load(Relaxed)
     }
 
+    /// How long the database has not been answering (`None` while it
+    /// answers).
+    pub fn unavailable_for(&self) -> Option<Duration> {
+        self.shared
+            .down_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+    }
+
+    /// Whether the store thread still runs (it stops on
+    /// [`shutdown`](Self::shutdown) or if it panicked).
+    pub fn is_running(&self) -> bool {
+        self.shared
+            .join
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|j| !j.is_finished())
+    }
+
     /// All counters at once.
     pub fn stats(&self) -> StoreStats {
         StoreStats {
@@ -451,7 +492,7 @@ impl Worker {
     }
 
     fn recovered(&mut self) {
-        if !self.shared.available.swap(true, Relaxed) {
+        if !self.shared.set_available(true) {
             tracing::info!(
                 pending = self.pending(),
                 "store up again: buffered writes are being written"
@@ -463,7 +504,7 @@ impl Worker {
 
     /// The store stopped answering: said once per outage.
     fn mark_down(&self, why: &str) {
-        if self.shared.available.swap(false, Relaxed) {
+        if self.shared.set_available(false) {
             tracing::warn!(
                 pending = self.pending(),
                 "store down ({why}): writes are buffered and retried with back-off"
