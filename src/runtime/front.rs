@@ -456,8 +456,10 @@ where
             }
         }
         out.drain(..written);
-        if out.is_empty() && out.capacity() > 4096 {
-            // An idle connection keeps no big buffer.
+        if out.is_empty() && out.capacity() > 0 {
+            // An idle connection keeps no buffer: most of them are idle
+            // phones, and a reallocation per burst costs less than their
+            // memory (bench/RESULTS.md "TCP/TLS front (issue 11)").
             *out = Vec::new();
         }
     }
@@ -546,7 +548,7 @@ pub(super) fn take_bytes(
     }
     if partial.is_empty() {
         conn.partial_since.set(None);
-        if partial.capacity() > 4096 {
+        if partial.capacity() > 0 {
             *partial = Vec::new();
         }
     } else if conn.partial_since.get().is_none() {
