@@ -11,7 +11,7 @@ use crate::context::{Context, Timer};
 use crate::output::{Event, Flow};
 use crate::registration::{
     AccountConfig, AccountId, Next, RegError, RegStatus, Registration, RegistrationConfig,
-    SavedRegistration, Transport,
+    SavedRegistration, Target, Transport,
 };
 use crate::transaction::{Kind, TxKey};
 use crate::transactions::{Transactions, TxOwner};
@@ -37,6 +37,25 @@ pub fn aor_key(uri: &Uri<'_>) -> Option<Box<[u8]>> {
 /// The AOR key of an account's configured AOR text.
 pub fn aor_key_of(aor: &str) -> Option<Box<[u8]>> {
     aor_key(&Uri::parse(aor.as_bytes()).ok()?)
+}
+
+/// Whether two configurations of an account differ only in their
+/// registrar's resolved targets.
+fn same_but_targets(a: &AccountConfig, b: &AccountConfig) -> bool {
+    match (&a.registrar, &b.registrar) {
+        (Some(x), Some(y)) => {
+            x.uri == y.uri
+                && x.outbound_proxy == y.outbound_proxy
+                && AccountConfig {
+                    registrar: None,
+                    ..a.clone()
+                } == AccountConfig {
+                    registrar: None,
+                    ..b.clone()
+                }
+        }
+        _ => false,
+    }
 }
 
 /// One account.
@@ -217,6 +236,15 @@ impl Accounts {
         if a.cfg == cfg {
             return;
         }
+        if let (Some(old), Some(new)) = (&a.cfg.registrar, &cfg.registrar) {
+            if old.targets != new.targets && same_but_targets(&a.cfg, &cfg) {
+                // DNS re-resolved: no new attempt, the next REGISTER goes
+                // to the new target list.
+                a.reg.retarget(&old.targets, &new.targets);
+                a.cfg = cfg;
+                return;
+            }
+        }
         if a.cfg.token != cfg.token {
             self.by_token.remove(a.cfg.token.as_str());
             self.by_token.insert(cfg.token.clone().into_boxed_str(), id);
@@ -337,9 +365,13 @@ impl Accounts {
         };
         a.tx = None;
         let before = a.reg.status();
-        let next = a
-            .reg
-            .on_failure(now, &self.settings.registration, error, &mut ctx.rng);
+        let next = a.reg.on_failure(
+            now,
+            &a.cfg,
+            &self.settings.registration,
+            error,
+            &mut ctx.rng,
+        );
         ctx.stats.register_failed += 1;
         self.status_event(ctx, id, before);
         self.schedule(ctx, txs, now, id, next);
@@ -449,8 +481,17 @@ impl Accounts {
         let Some(reg) = a.cfg.registrar.as_ref() else {
             return;
         };
-        let dest = reg.addr;
-        let (transport, server_name) = reg.transport();
+        let Some(&Target {
+            addr: dest,
+            transport,
+        }) = reg
+            .targets
+            .get(a.reg.target())
+            .or_else(|| reg.targets.first())
+        else {
+            return;
+        };
+        let server_name = reg.transport().1;
         let flow = match transport {
             Transport::Udp => Flow::Udp,
             Transport::Tcp | Transport::Tls => {
@@ -562,7 +603,8 @@ impl Accounts {
                     && a.cfg
                         .registrar
                         .as_ref()
-                        .is_some_and(|r| gone.contains(&(r.addr, r.transport().0)))
+                        .and_then(|r| r.targets.get(a.reg.target()))
+                        .is_some_and(|t| gone.contains(&(t.addr, t.transport)))
             })
             .map(|(id, _)| *id)
             .collect();
@@ -601,11 +643,11 @@ mod tests {
             aor: format!("sip:user{id}@Provider.Example"),
             auth_user: format!("user{id}"),
             secret: AccountSecret::Password("pw".into()),
-            registrar: Some(Registrar {
-                uri: "sip:provider.example".into(),
-                addr: "192.0.2.10:5060".parse().unwrap(),
-                outbound_proxy: None,
-            }),
+            registrar: Some(Registrar::new(
+                "sip:provider.example",
+                "192.0.2.10:5060".parse().unwrap(),
+                None,
+            )),
             expires: 3600,
             token: format!("tok{id}"),
         }
