@@ -80,6 +80,46 @@ pub struct Config {
     pub tcp: TcpConfig,
     /// `[tls]`: the phones' TLS listener.
     pub tls: SipTlsConfig,
+    /// `[dns]`: RFC 3263 resolution of registrars and outbound proxies.
+    pub dns: DnsConfig,
+}
+
+/// `[dns]`: how registrars and outbound proxies are resolved (RFC 3263:
+/// NAPTR, SRV, A/AAAA) and how long the answers are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Name servers to ask; empty: those of `/etc/resolv.conf`.
+    pub servers: Vec<SocketAddr>,
+    /// How long one query waits for an answer.
+    pub timeout: Duration,
+    /// How many times a query is sent before it fails.
+    pub attempts: u32,
+    /// Shortest time an answer is kept (a lower TTL is raised to it): at
+    /// most one lookup per registrar host per `min_ttl`.
+    pub min_ttl: Duration,
+    /// Longest time an answer is kept (a higher TTL is lowered to it).
+    pub max_ttl: Duration,
+    /// How soon a lookup that failed is tried again (an account whose
+    /// registrar never resolved starts when it does; one that did keeps
+    /// its last targets meanwhile).
+    pub retry: Duration,
+    /// How long an account stays at a later target after the first failed
+    /// before a refresh tries the first again.
+    pub failback: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: Vec::new(),
+            timeout: Duration::from_secs(2),
+            attempts: 2,
+            min_ttl: Duration::from_secs(30),
+            max_ttl: Duration::from_secs(3600),
+            retry: Duration::from_secs(30),
+            failback: RegistrationConfig::default().failback,
+        }
+    }
 }
 
 /// `[tcp]`: the TCP listener and connection limits (the front's).
@@ -142,6 +182,7 @@ impl fmt::Debug for Config {
             .field("log", &self.log)
             .field("tcp", &self.tcp)
             .field("tls", &self.tls)
+            .field("dns", &self.dns)
             .finish()
     }
 }
@@ -1008,6 +1049,7 @@ impl Config {
                 user_agent: self.sip.user_agent.clone(),
                 probe_interval: self.sip.registrar_probe,
                 keepalive: self.sip.registrar_keepalive,
+                failback: self.dns.failback,
             },
             phone_contact_host: host_port(&self.public_host(), self.server.sip_port),
             tcp_host: host_port(&self.public_host(), self.tcp_port()),
@@ -1107,6 +1149,19 @@ struct RawFile {
     log: Option<RawLog>,
     tcp: Option<RawTcp>,
     tls: Option<RawTls>,
+    dns: Option<RawDns>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    servers: V,
+    timeout: V,
+    attempts: V,
+    min_ttl: V,
+    max_ttl: V,
+    retry: V,
+    failback: V,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -1310,6 +1365,7 @@ fn section_keys(section: &str) -> &'static [&'static str] {
         "log" => fields_of::<RawLog>(),
         "tcp" => fields_of::<RawTcp>(),
         "tls" => fields_of::<RawTls>(),
+        "dns" => fields_of::<RawDns>(),
         _ => &[],
     }
 }
@@ -2325,6 +2381,7 @@ fn convert(raw: RawFile, r: &mut Reader) -> Config {
         &server,
         r,
     );
+    let dns = convert_dns(raw.dns.unwrap_or_default(), r);
     Config {
         server,
         sip,
@@ -2336,6 +2393,87 @@ fn convert(raw: RawFile, r: &mut Reader) -> Config {
         log,
         tcp,
         tls,
+        dns,
+    }
+}
+
+/// `[dns]`.
+fn convert_dns(s: RawDns, r: &mut Reader) -> DnsConfig {
+    let d = DnsConfig::default();
+    let secs = Duration::from_secs;
+    let servers = match s.servers {
+        None => d.servers.clone(),
+        Some(toml::Value::Array(items)) => {
+            let mut out = Vec::new();
+            for v in items {
+                // "IP" (port 53) or "IP:port".
+                let parsed = match &v {
+                    toml::Value::String(t) => t
+                        .parse::<SocketAddr>()
+                        .ok()
+                        .or_else(|| t.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))),
+                    _ => None,
+                };
+                match parsed {
+                    Some(a) if a.port() != 0 => out.push(a),
+                    _ => r.error(
+                        "dns.servers",
+                        format!(
+                            "expected addresses such as \"192.0.2.53\" or \"127.0.0.1:5353\", got {}",
+                            got(&v)
+                        ),
+                    ),
+                }
+            }
+            out
+        }
+        Some(other) => {
+            r.error(
+                "dns.servers",
+                format!(
+                    "expected a list of addresses such as [\"127.0.0.1:5353\"], got {}",
+                    got(&other)
+                ),
+            );
+            d.servers.clone()
+        }
+    };
+    let min_ttl = r
+        .duration("dns.min_ttl", s.min_ttl, secs(1)..=secs(86400))
+        .unwrap_or(d.min_ttl);
+    let max_ttl = r
+        .duration("dns.max_ttl", s.max_ttl, secs(1)..=secs(7 * 86400))
+        .unwrap_or(d.max_ttl);
+    if max_ttl < min_ttl {
+        r.error(
+            "dns.max_ttl",
+            format!(
+                "{} must be at least dns.min_ttl ({})",
+                format_duration(max_ttl),
+                format_duration(min_ttl)
+            ),
+        );
+    }
+    DnsConfig {
+        servers,
+        timeout: r
+            .duration(
+                "dns.timeout",
+                s.timeout,
+                Duration::from_millis(100)..=secs(30),
+            )
+            .unwrap_or(d.timeout),
+        attempts: r
+            .int("dns.attempts", s.attempts, "a count", 1..=10)
+            .map_or(d.attempts, |n| n as u32),
+        min_ttl,
+        max_ttl,
+        retry: r
+            .duration("dns.retry", s.retry, secs(1)..=secs(3600))
+            .unwrap_or(d.retry),
+        failback: r
+            .duration("dns.failback", s.failback, secs(0)..=secs(86400))
+            .unwrap_or(d.failback),
     }
 }
 

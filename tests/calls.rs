@@ -46,11 +46,7 @@ fn account() -> AccountConfig {
         aor: "sip:user1@provider.test".into(),
         auth_user: "user1".into(),
         secret: AccountSecret::Password("pw1".into()),
-        registrar: Some(Registrar {
-            uri: "sip:provider.test".into(),
-            addr: addr(REGISTRAR),
-            outbound_proxy: None,
-        }),
+        registrar: Some(Registrar::new("sip:provider.test", addr(REGISTRAR), None)),
         expires: 3600,
         token: ACCOUNT_TOKEN.into(),
     }

@@ -102,7 +102,7 @@ fn defaults_are_the_documented_ones() {
 #[test]
 fn example_file_documents_every_key() {
     let keys = Config::known_keys();
-    assert_eq!(keys.len(), 87, "{keys:?}");
+    assert_eq!(keys.len(), 94, "{keys:?}");
     // Subsections contribute their keys, not themselves.
     assert!(keys.contains(&"mediator.apns.key_id".to_owned()));
     assert!(keys.contains(&"mediator.fcm.send_url".to_owned()));

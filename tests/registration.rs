@@ -22,11 +22,11 @@ fn account(id: u64, password: &str, expires: u32) -> AccountConfig {
         aor: format!("sip:user{id}@provider.test"),
         auth_user: format!("user{id}"),
         secret: AccountSecret::Password(password.into()),
-        registrar: Some(Registrar {
-            uri: "sip:provider.test".into(),
-            addr: REGISTRAR.parse().unwrap(),
-            outbound_proxy: None,
-        }),
+        registrar: Some(Registrar::new(
+            "sip:provider.test",
+            REGISTRAR.parse().unwrap(),
+            None,
+        )),
         expires,
         token: format!("tok{id:08x}"),
     }

@@ -136,11 +136,7 @@ fn account(id: u64, registrar: SocketAddr) -> AccountConfig {
         aor: format!("sip:user{id}@provider.test"),
         auth_user: format!("user{id}"),
         secret: AccountSecret::Password(format!("pw{id}")),
-        registrar: Some(Registrar {
-            uri: "sip:provider.test".into(),
-            addr: registrar,
-            outbound_proxy: None,
-        }),
+        registrar: Some(Registrar::new("sip:provider.test", registrar, None)),
         expires: 3600,
         token: format!("tok{id}"),
     }

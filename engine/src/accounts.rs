@@ -11,7 +11,7 @@ use crate::context::{Context, Timer};
 use crate::output::{Event, Flow};
 use crate::registration::{
     AccountConfig, AccountId, Next, RegError, RegStatus, Registrar, Registration,
-    RegistrationConfig, SavedRegistration, Transport,
+    RegistrationConfig, SavedRegistration, Target, Transport,
 };
 use crate::transaction::{Kind, TxKey};
 use crate::transactions::{Transactions, TxOwner};
@@ -39,6 +39,25 @@ pub fn aor_key_of(aor: &str) -> Option<Box<[u8]>> {
     aor_key(&Uri::parse(aor.as_bytes()).ok()?)
 }
 
+/// Whether two configurations of an account differ only in their
+/// registrar's resolved targets.
+fn same_but_targets(a: &AccountConfig, b: &AccountConfig) -> bool {
+    match (&a.registrar, &b.registrar) {
+        (Some(x), Some(y)) => {
+            x.uri == y.uri
+                && x.outbound_proxy == y.outbound_proxy
+                && AccountConfig {
+                    registrar: None,
+                    ..a.clone()
+                } == AccountConfig {
+                    registrar: None,
+                    ..b.clone()
+                }
+        }
+        _ => false,
+    }
+}
+
 /// One account.
 pub(crate) struct Account {
     pub cfg: AccountConfig,
@@ -49,6 +68,17 @@ pub(crate) struct Account {
     tx: Option<usize>,
     /// Whether it sits in the send queue.
     queued: bool,
+}
+
+impl Account {
+    /// Where its REGISTERs go now (its registrar's current target).
+    fn target(&self) -> Option<Target> {
+        let reg = self.cfg.registrar.as_ref()?;
+        reg.targets
+            .get(self.reg.target())
+            .or_else(|| reg.targets.first())
+            .copied()
+    }
 }
 
 /// What the accounts part needs of the engine's configuration.
@@ -248,6 +278,15 @@ impl Accounts {
         if a.cfg == cfg {
             return;
         }
+        if let (Some(old), Some(new)) = (&a.cfg.registrar, &cfg.registrar) {
+            if old.targets != new.targets && same_but_targets(&a.cfg, &cfg) {
+                // DNS re-resolved: no new attempt, the next REGISTER goes
+                // to the new target list.
+                a.reg.retarget(&old.targets, &new.targets);
+                a.cfg = cfg;
+                return;
+            }
+        }
         if a.cfg.token != cfg.token {
             self.by_token.remove(a.cfg.token.as_str());
             self.by_token.insert(cfg.token.clone().into_boxed_str(), id);
@@ -348,7 +387,7 @@ impl Accounts {
             return;
         };
         a.tx = None;
-        let target = a.cfg.registrar.as_ref().map(|r| r.addr);
+        let target = a.target().map(|t| t.addr);
         let before = a.reg.status();
         let next = a
             .reg
@@ -388,11 +427,15 @@ impl Accounts {
             return;
         };
         a.tx = None;
-        let target = a.cfg.registrar.as_ref().map(|r| r.addr);
+        let target = a.target().map(|t| t.addr);
         let before = a.reg.status();
-        let next = a
-            .reg
-            .on_failure(now, &self.settings.registration, error, &mut ctx.rng);
+        let next = a.reg.on_failure(
+            now,
+            &a.cfg,
+            &self.settings.registration,
+            error,
+            &mut ctx.rng,
+        );
         ctx.stats.register_failed += 1;
         self.status_event(ctx, id, before);
         self.schedule(ctx, txs, now, id, next);
@@ -403,16 +446,23 @@ impl Accounts {
 
     // ---- registrar health ---------------------------------------------------------
 
-    /// The registrar table's entry for `addr`, made from `reg` if new.
-    fn health_entry(&mut self, ctx: &mut Context, now: Instant, reg: &Registrar) -> u32 {
-        if let Some(&i) = self.health_ix.get(&reg.addr) {
+    /// The registrar table's entry for target `addr` of `reg`, made if new.
+    fn health_entry(
+        &mut self,
+        ctx: &mut Context,
+        now: Instant,
+        reg: &Registrar,
+        addr: SocketAddr,
+        transport: Transport,
+    ) -> u32 {
+        if let Some(&i) = self.health_ix.get(&addr) {
             return i;
         }
-        let (transport, server_name) = reg.transport();
+        let server_name = reg.transport().1;
         let uri = reg.outbound_proxy.as_deref().unwrap_or(&reg.uri);
         let i = self.health.len() as u32;
         self.health.push(Health {
-            addr: reg.addr,
+            addr,
             uri: uri.into(),
             transport,
             server_name: server_name.map(Into::into),
@@ -421,7 +471,7 @@ impl Accounts {
             probe_timer: None,
             probing: false,
         });
-        self.health_ix.insert(reg.addr, i);
+        self.health_ix.insert(addr, i);
         if let Some(every) = self.settings.registration.keepalive {
             self.health[i as usize].probe_timer =
                 Some(ctx.wheel.insert(now + every, Timer::Probe(i)));
@@ -461,7 +511,7 @@ impl Accounts {
         ctx.stats.registrar_outages += 1;
         let mut doubted = 0;
         for (id, a) in self.accounts.iter_mut() {
-            if a.cfg.registrar.as_ref().is_some_and(|r| r.addr == addr) && a.reg.doubt(error) {
+            if a.target().is_some_and(|t| t.addr == addr) && a.reg.doubt(error) {
                 doubted += 1;
                 ctx.events.push_back(Event::Registration {
                     account: *id,
@@ -503,9 +553,7 @@ impl Accounts {
             .accounts
             .iter()
             .filter(|(_, a)| {
-                a.tx.is_none()
-                    && a.reg.wants_retry()
-                    && a.cfg.registrar.as_ref().is_some_and(|r| r.addr == addr)
+                a.tx.is_none() && a.reg.wants_retry() && a.target().is_some_and(|t| t.addr == addr)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -761,9 +809,18 @@ impl Accounts {
         let Some(reg) = a.cfg.registrar.as_ref() else {
             return;
         };
-        self.health_entry(ctx, now, reg);
-        let dest = reg.addr;
-        let (transport, server_name) = reg.transport();
+        let Some(&Target {
+            addr: dest,
+            transport,
+        }) = reg
+            .targets
+            .get(a.reg.target())
+            .or_else(|| reg.targets.first())
+        else {
+            return;
+        };
+        let server_name = reg.transport().1;
+        self.health_entry(ctx, now, reg, dest, transport);
         let flow = match transport {
             Transport::Udp => Flow::Udp,
             Transport::Tcp | Transport::Tls => {
@@ -875,7 +932,8 @@ impl Accounts {
                     && a.cfg
                         .registrar
                         .as_ref()
-                        .is_some_and(|r| gone.contains(&(r.addr, r.transport().0)))
+                        .and_then(|r| r.targets.get(a.reg.target()))
+                        .is_some_and(|t| gone.contains(&(t.addr, t.transport)))
             })
             .map(|(id, _)| *id)
             .collect();
@@ -914,11 +972,11 @@ mod tests {
             aor: format!("sip:user{id}@Provider.Example"),
             auth_user: format!("user{id}"),
             secret: AccountSecret::Password("pw".into()),
-            registrar: Some(Registrar {
-                uri: "sip:provider.example".into(),
-                addr: "192.0.2.10:5060".parse().unwrap(),
-                outbound_proxy: None,
-            }),
+            registrar: Some(Registrar::new(
+                "sip:provider.example",
+                "192.0.2.10:5060".parse().unwrap(),
+                None,
+            )),
             expires: 3600,
             token: format!("tok{id}"),
         }

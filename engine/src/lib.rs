@@ -121,7 +121,7 @@ pub use push::{Platform, Push, PushKind, PushOutcome, PushResult};
 pub use registrar::DeviceInfo;
 pub use registration::{
     refresh_delay, AccountConfig, AccountId, AccountSecret, RegError, RegStatus, Registrar,
-    RegistrationConfig, SavedRegistration, Transport,
+    RegistrationConfig, SavedRegistration, Target, Transport,
 };
 pub use rng::{Rng, RngKey};
 pub use transaction::{

@@ -42,11 +42,22 @@ impl fmt::Debug for AccountSecret {
 pub struct Registrar {
     /// Request-URI of the REGISTER, e.g. `sip:provider.example`.
     pub uri: String,
-    /// Where the REGISTER is sent: the registrar or the outbound proxy,
-    /// already resolved by the shell (the engine does no DNS).
-    pub addr: SocketAddr,
+    /// Where the REGISTER is sent, in the order to try them: the
+    /// registrar's (or outbound proxy's) addresses and transports as the
+    /// shell resolved them (RFC 3263: NAPTR, SRV by priority and weight,
+    /// A/AAAA; the engine does no DNS). Never empty. The engine sends to
+    /// one at a time and moves to the next when a REGISTER times out, gets
+    /// a 503 or its connection fails (RFC 3263 §4.3).
+    pub targets: Vec<Target>,
     /// An outbound proxy URI, written as a loose `Route` when set.
     pub outbound_proxy: Option<String>,
+}
+
+/// One place a registrar or outbound proxy is reached at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub transport: Transport,
 }
 
 /// How an account's REGISTERs travel to its registrar (or outbound proxy).
@@ -58,6 +69,25 @@ pub enum Transport {
 }
 
 impl Registrar {
+    /// A registrar reached at one address, over the transport its URI (or
+    /// the outbound proxy's) names: what a URI with an IP address, or
+    /// resolved without RFC 3263, gives.
+    pub fn new(uri: impl Into<String>, addr: SocketAddr, outbound_proxy: Option<String>) -> Self {
+        let mut r = Registrar {
+            uri: uri.into(),
+            targets: Vec::new(),
+            outbound_proxy,
+        };
+        let transport = r.transport().0;
+        r.targets.push(Target { addr, transport });
+        r
+    }
+
+    /// The first target's address (where a registration starts).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.targets.first().map(|t| t.addr)
+    }
+
     /// The transport and TLS server name of the first hop: the outbound
     /// proxy's URI when set, else the registrar's. `sips:` or
     /// `;transport=tls` is TLS, `;transport=tcp` TCP (RFC 3261 §19.1.2,
@@ -205,6 +235,9 @@ pub struct RegistrationConfig {
     /// OPTIONS keep-alive to each registrar while it answers, to notice an
     /// outage before a refresh does; `None`: off.
     pub keepalive: Option<Duration>,
+    /// How long an account registered at a later target (after the first
+    /// failed) stays there before a refresh tries the first one again.
+    pub failback: Duration,
 }
 
 impl Default for RegistrationConfig {
@@ -215,6 +248,7 @@ impl Default for RegistrationConfig {
             user_agent: concat!("sipis/", env!("CARGO_PKG_VERSION")).into(),
             probe_interval: Duration::from_secs(5),
             keepalive: None,
+            failback: Duration::from_secs(600),
         }
     }
 }
@@ -260,6 +294,13 @@ pub struct Registration {
     /// [`refresh_delay`]).
     refreshed: bool,
     status: RegStatus,
+    /// Index of the registrar target REGISTERs go to now.
+    target: usize,
+    /// Targets that failed in the current attempt (the attempt backs off
+    /// once every target has).
+    targets_failed: usize,
+    /// When the account moved off the first target (for the fail-back).
+    failed_over_at: Option<Instant>,
 }
 
 impl Registration {
@@ -303,7 +344,58 @@ impl Registration {
             } else {
                 RegStatus::Unregistered
             },
+            target: 0,
+            targets_failed: 0,
+            failed_over_at: None,
         }
+    }
+
+    /// The index in the registrar's `targets` of where REGISTERs go now.
+    pub fn target(&self) -> usize {
+        self.target
+    }
+
+    /// The registrar's targets changed (DNS re-resolved, same account
+    /// otherwise): the account stays on its target if it is still listed,
+    /// else starts again from the first. Nothing is sent now: the next
+    /// REGISTER (refresh or retry) goes to the new target.
+    pub fn retarget(&mut self, old: &[Target], new: &[Target]) {
+        let current = old.get(self.target);
+        match current.and_then(|c| new.iter().position(|t| t == c)) {
+            Some(i) => self.target = i,
+            None => {
+                self.target = 0;
+                self.failed_over_at = None;
+            }
+        }
+        if self.target == 0 {
+            self.failed_over_at = None;
+        }
+        self.targets_failed = self.targets_failed.min(new.len().saturating_sub(1));
+    }
+
+    /// The REGISTER to the current target failed in a way that says that
+    /// target is unusable (timeout, transport error, 503): the next target
+    /// gets the REGISTER at once, unless every target failed in this
+    /// attempt, when the attempt backs off (`None`) and the next starts
+    /// from the first target again.
+    fn fail_over(&mut self, now: Instant, cfg: &AccountConfig) -> Option<Next> {
+        let n = cfg.registrar.as_ref().map_or(0, |r| r.targets.len());
+        self.targets_failed += 1;
+        if self.targets_failed >= n {
+            self.targets_failed = 0;
+            self.target = 0;
+            self.failed_over_at = None;
+            return None;
+        }
+        self.target = (self.target + 1) % n;
+        if self.failed_over_at.is_none() {
+            self.failed_over_at = Some(now);
+        }
+        // A new server: no nonce of the old one, and a fresh attempt.
+        self.digest.clear();
+        self.reset_attempt();
+        Some(Next::SendNow)
     }
 
     pub fn status(&self) -> RegStatus {
@@ -332,6 +424,9 @@ impl Registration {
         self.digest.clear();
         self.reset_attempt();
         self.failures = 0;
+        self.target = 0;
+        self.targets_failed = 0;
+        self.failed_over_at = None;
         self.want_bound = cfg.registrar.is_some();
         if self.want_bound {
             self.status = RegStatus::Pending;
@@ -478,6 +573,13 @@ impl Registration {
                 Next::SendNow
             }
             600..=699 => self.fail(RegError::Status(code)),
+            503 if self.want_bound => match self.fail_over(now, cfg) {
+                Some(next) => next,
+                None => {
+                    let retry_after = resp.retry_after().ok().flatten();
+                    self.retry(now, rc, RegError::Status(code), retry_after, rng)
+                }
+            },
             _ => {
                 let retry_after = resp.retry_after().ok().flatten();
                 self.retry(now, rc, RegError::Status(code), retry_after, rng)
@@ -485,14 +587,22 @@ impl Registration {
         }
     }
 
-    /// The REGISTER transaction timed out (Timer F) or hit a transport error.
+    /// The REGISTER transaction timed out (Timer F) or hit a transport
+    /// error: the next target if there is one (RFC 3263 §4.3), else
+    /// back-off.
     pub fn on_failure(
         &mut self,
         now: Instant,
+        cfg: &AccountConfig,
         rc: &RegistrationConfig,
         error: RegError,
         rng: &mut Rng,
     ) -> Next {
+        if self.want_bound {
+            if let Some(next) = self.fail_over(now, cfg) {
+                return next;
+            }
+        }
         self.retry(now, rc, error, None, rng)
     }
 
@@ -506,6 +616,16 @@ impl Registration {
     ) -> Next {
         self.reset_attempt();
         self.failures = 0;
+        self.targets_failed = 0;
+        // Registered at a later target for long enough: the next refresh
+        // tries the first (preferred) one again.
+        if self
+            .failed_over_at
+            .is_some_and(|t| now.saturating_duration_since(t) >= rc.failback)
+        {
+            self.target = 0;
+            self.failed_over_at = None;
+        }
         if !self.want_bound {
             self.granted = 0;
             self.status = RegStatus::Unregistered;
@@ -628,6 +748,7 @@ impl Registration {
         rng: &mut Rng,
     ) -> Next {
         self.reset_attempt();
+        self.targets_failed = 0;
         let exp = self.failures.min(20);
         self.failures = self.failures.saturating_add(1);
         let full = rc.retry_base.saturating_mul(1 << exp).min(rc.retry_max);

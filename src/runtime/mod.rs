@@ -16,6 +16,7 @@
 //! eventfd), so `180 Push-Notification-Sent` leaves when the push service
 //! accepted the push, not at the next tick.
 
+pub mod dns;
 pub mod front;
 mod lock;
 mod memlock;

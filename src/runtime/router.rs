@@ -124,11 +124,11 @@ mod tests {
             aor: format!("sip:user{id}@Provider.Example"),
             auth_user: "u".into(),
             secret: AccountSecret::Password("p".into()),
-            registrar: Some(Registrar {
-                uri: "sip:provider.example".into(),
-                addr: "127.0.0.1:5060".parse().unwrap(),
-                outbound_proxy: None,
-            }),
+            registrar: Some(Registrar::new(
+                "sip:provider.example",
+                "127.0.0.1:5060".parse().unwrap(),
+                None,
+            )),
             expires: 3600,
             token: format!("tok{id}"),
         }

@@ -9,7 +9,6 @@ use crate::http::{
     RegistrarHealth, RegistrarTracker, ShardsHealth, StatusView, StoreHealth,
 };
 use crate::metrics::{counter, gauge, summary_from_histogram};
-use crate::parser::{Host, Scheme, Uri};
 use crate::push::client::PushClient;
 use crate::push::{PushOutcome, PushRequest, PushResult};
 use crate::store::{
@@ -20,7 +19,7 @@ use crate::store::{CallOutcomeRecord, DeviceRecord};
 use crate::{AccountConfig, AccountId, RegStatus, Registrar, SavedRegistration, Stats};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -106,6 +105,8 @@ pub struct Server {
     admin: Option<AdminServer>,
     /// The in-process mediator (`mediator.in_process`), stopped last.
     mediator: Option<Box<crate::push::mediator::MediatorHandle>>,
+    /// The thread that looks registrar hosts up again as their TTLs end.
+    dns_refresher: Option<std::thread::JoinHandle<()>>,
 }
 
 /// What the admin API needs: the store, the shards, the resolver cache.
@@ -114,8 +115,8 @@ struct Core {
     store: StoreHandle,
     shards: Shards,
     started: Instant,
-    /// Registrar hosts already resolved: `(host, port)` → address.
-    resolved: Mutex<HashMap<(String, u16), SocketAddr>>,
+    /// Registrars and outbound proxies resolved per RFC 3263, per host.
+    dns: Arc<super::dns::Dns>,
     /// Accounts whose registrar could not be resolved, with the reason.
     unresolved: Mutex<HashMap<AccountId, String>>,
     /// The registrar (`host[:port]`) of each account handed to a shard,
@@ -158,12 +159,12 @@ impl Drop for ProbeGuard {
 
 /// `host[:port]` of a registrar URI: no user part, nothing secret.
 fn registrar_key(uri: &str) -> Option<String> {
-    let u = Uri::parse(uri.as_bytes()).ok()?;
+    let u = crate::parser::Uri::parse(uri.as_bytes()).ok()?;
     let host = match u.host {
-        Host::Domain(d) => d.to_ascii_lowercase(),
-        Host::V4(a) => a.to_string(),
-        Host::V6(a) => format!("[{a}]"),
-        Host::Absent => return None,
+        crate::parser::Host::Domain(d) => d.to_ascii_lowercase(),
+        crate::parser::Host::V4(a) => a.to_string(),
+        crate::parser::Host::V6(a) => format!("[{a}]"),
+        crate::parser::Host::Absent => return None,
     };
     Some(match u.port {
         Some(p) => format!("{host}:{p}"),
@@ -340,7 +341,10 @@ impl Server {
             store,
             shards,
             started: Instant::now(),
-            resolved: Mutex::new(HashMap::new()),
+            dns: Arc::new(
+                super::dns::Dns::new(&cfg.dns, cfg.server.bind.is_ipv6())
+                    .map_err(ServeError::Admin)?,
+            ),
             unresolved: Mutex::new(HashMap::new()),
             registrar_of: Mutex::new(HashMap::new()),
             registrars: Mutex::new(RegistrarView::default()),
@@ -348,6 +352,11 @@ impl Server {
             last_probe: Mutex::new(None),
         });
         core.load_accounts()?;
+        let (weak, dns) = (Arc::downgrade(&core), core.dns.clone());
+        let dns_refresher = std::thread::Builder::new()
+            .name("sipis-dns-refresh".into())
+            .spawn(move || dns_refresh(&dns, weak))
+            .map_err(|e| ServeError::Admin(format!("dns refresher: {e}")))?;
 
         let token = match &cfg.admin.token {
             AdminToken::None => None,
@@ -369,6 +378,7 @@ impl Server {
             core,
             admin: Some(admin),
             mediator,
+            dns_refresher: Some(dns_refresher),
         })
     }
 
@@ -415,6 +425,10 @@ impl Server {
     pub fn stop_within(mut self, unregister: bool, bound: Duration) {
         if let Some(a) = self.admin.take() {
             a.shutdown();
+        }
+        self.core.dns.stop();
+        if let Some(t) = self.dns_refresher.take() {
+            let _ = t.join();
         }
         match Arc::try_unwrap(self.core) {
             Ok(core) => {
@@ -577,13 +591,16 @@ impl Core {
 
     fn engine_account(&self, rec: &AccountRecord) -> Result<AccountConfig, String> {
         let registrar = match &rec.registrar {
-            None => None,
+            None => {
+                self.dns.forget(rec.id);
+                None
+            }
             Some(uri) => {
                 // Requests go to the outbound proxy when there is one.
                 let target = rec.outbound_proxy.as_deref().unwrap_or(uri);
                 Some(Registrar {
                     uri: uri.clone(),
-                    addr: self.resolve(target)?,
+                    targets: self.dns.targets(rec.id, target)?,
                     outbound_proxy: rec.outbound_proxy.clone(),
                 })
             }
@@ -599,37 +616,26 @@ impl Core {
         })
     }
 
-    /// `sip:host[:port]` → address. IP literals directly, names through
-    /// the system resolver (A/AAAA; no SRV/NAPTR), cached per host.
-    fn resolve(&self, uri: &str) -> Result<SocketAddr, String> {
-        let u = Uri::parse(uri.as_bytes()).map_err(|e| format!("registrar {uri:?}: {e}"))?;
-        let default_port = if u.scheme == Scheme::Sips { 5061 } else { 5060 };
-        let port = u.port.unwrap_or(default_port);
-        let host = match u.host {
-            Host::V4(a) => return Ok(SocketAddr::from((a, port))),
-            Host::V6(a) => return Ok(SocketAddr::from((a, port))),
-            Host::Domain(d) => d.to_ascii_lowercase(),
-            Host::Absent => return Err(format!("registrar {uri:?} has no host")),
-        };
-        let key = (host, port);
-        if let Some(a) = self
-            .resolved
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(*a);
+    /// Hands an enabled account's new configuration to its shard (its
+    /// registrar resolved again), or stops it if that fails.
+    fn reapply(&self, rec: &AccountRecord) {
+        let id = rec.id;
+        match self.engine_account(rec) {
+            Ok(cfg) => {
+                self.unresolved
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                self.shards.update_account(cfg);
+            }
+            Err(e) => {
+                self.shards.remove_account(id);
+                self.unresolved
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id, e);
+            }
         }
-        let addr = (key.0.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve registrar host {}: {e}", key.0))?
-            .next()
-            .ok_or_else(|| format!("registrar host {} has no address", key.0))?;
-        self.resolved
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, addr);
-        Ok(addr)
     }
 
     /// Brings the shards in line with an account just rewritten in the
@@ -639,6 +645,7 @@ impl Core {
         let id = rec.id;
         self.track_registrar(rec);
         if !rec.enabled {
+            self.dns.forget(id);
             self.shards.remove_account(id);
             self.unresolved
                 .lock()
@@ -744,6 +751,7 @@ impl AdminApi for Core {
             return Err(ApiError::not_found(format!("no account {id}")));
         }
         self.shards.remove_account(id);
+        self.dns.forget(id);
         self.unresolved
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -1186,6 +1194,25 @@ impl AdminApi for Core {
 }
 
 /// 32 bytes from the OS for a shard's CSPRNG.
+/// The DNS refresher: looks registrar hosts up again as their answers
+/// expire, and hands the accounts whose targets changed their new
+/// configuration (read from the store: the admin API may have changed it
+/// meanwhile). Holds the core only while applying changes.
+fn dns_refresh(dns: &super::dns::Dns, core: std::sync::Weak<Core>) {
+    while let Some(changed) = dns.refresh_due() {
+        let Some(core) = core.upgrade() else { return };
+        for id in changed {
+            match core.store.call(move |s| s.get_account(id)) {
+                Ok(Some(rec)) if rec.enabled => core.reapply(&rec),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(account = id, error = %e, "new registrar targets not applied: store unavailable")
+                }
+            }
+        }
+    }
+}
+
 pub(crate) fn os_key() -> Result<crate::engine::RngKey, ServeError> {
     let mut key = [0u8; 32];
     getrandom::fill(&mut key)

@@ -48,11 +48,7 @@ fn main() {
             aor: format!("sip:+1415555{id:07}@voip.provider.example"),
             auth_user: format!("+1415555{id:07}"),
             secret: AccountSecret::Password("s3cr3t-Pa55w0rd".into()),
-            registrar: Some(Registrar {
-                uri: "sip:voip.provider.example".into(),
-                addr: registrar,
-                outbound_proxy: None,
-            }),
+            registrar: Some(Registrar::new("sip:voip.provider.example", registrar, None)),
             expires: 3600,
             token: format!("{:016x}", id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
         };
