@@ -118,7 +118,7 @@ fn serve(path: &Path) -> ExitCode {
                 Ok(()) => tracing::info!("SIGHUP: {}: log level {lvl}", path.display()),
                 Err(e) => tracing::warn!("SIGHUP: log level not changed: {e}"),
             }
-            server.reload();
+            server.reload_with(&new);
         }
         Err(problems) => tracing::error!(
             "SIGHUP: {} refused, nothing reloaded: {}",

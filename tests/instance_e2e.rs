@@ -123,15 +123,37 @@ fn sighup_reloads_the_log_level_and_refuses_a_broken_file() {
         sipis.log()
     );
 
-    std::fs::write(
-        &config_path,
-        text.replace("level = \"info\"", "level = \"debug\""),
-    )
-    .unwrap();
+    // Log level and connection limits, at once.
+    let reloaded = text.replace("level = \"info\"", "level = \"debug\"")
+        + "\n[tcp]\nmax_connections_per_ip = 2\n";
+    std::fs::write(&config_path, reloaded).unwrap();
     hup();
     wait_log("log level debug");
+    wait_log("connection limits now: max_connections=20000 max_connections_per_ip=2");
     touch();
     wait_log("connection closed");
+    // The new per-IP cap holds (the shards take it within a second).
+    std::thread::sleep(Duration::from_millis(1200));
+    let held: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(sipis.phone_addr()).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = std::net::TcpStream::connect(sipis.phone_addr()).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    match std::io::Read::read(&mut third, &mut b) {
+        // Closed at once (end of stream or reset).
+        Ok(0) => {}
+        Err(e)
+            if !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("the third connection from one address was kept: {other:?}"),
+    }
+    drop(held);
 
     // A broken file: said, and nothing changes.
     std::fs::write(&config_path, "[server\n").unwrap();

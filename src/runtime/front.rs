@@ -225,7 +225,10 @@ pub struct FrontMetrics {
 
 /// What every shard's front shares: limits, counts, the TLS configuration.
 pub struct FrontShared {
-    pub limits: ConnLimits,
+    /// The limits in force; SIGHUP may change them ([`FrontShared::set_limits`]),
+    /// and each shard picks the change up within a second.
+    limits: RwLock<ConnLimits>,
+    limits_generation: AtomicU64,
     pub tls: Option<Arc<SipTls>>,
     /// How sipis checks the servers it connects to over TLS (the system's
     /// public roots and `tls.upstream_ca`).
@@ -237,7 +240,8 @@ pub struct FrontShared {
 impl FrontShared {
     pub fn new(limits: ConnLimits, tls: Option<Arc<SipTls>>) -> FrontShared {
         FrontShared {
-            limits,
+            limits: RwLock::new(limits),
+            limits_generation: AtomicU64::new(0),
             tls,
             client_tls: client_config(None).ok().map(Arc::new),
             metrics: FrontMetrics::default(),
@@ -245,17 +249,42 @@ impl FrontShared {
         }
     }
 
+    /// The limits in force now.
+    pub fn limits(&self) -> ConnLimits {
+        self.limits
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the limits (SIGHUP): new connections and every shard's
+    /// next sweep take them; established connections are not cut for a
+    /// lower connection count.
+    pub fn set_limits(&self, limits: ConnLimits) {
+        *self.limits.write().unwrap_or_else(|p| p.into_inner()) = limits;
+        self.limits_generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Bumped by every [`FrontShared::set_limits`].
+    pub fn limits_generation(&self) -> u64 {
+        self.limits_generation.load(Ordering::Acquire)
+    }
+
     /// Counts a new connection in, or says why it is refused.
     fn admit(&self, ip: IpAddr) -> Result<(), &'static str> {
         let m = &self.metrics;
-        if m.open.fetch_add(1, Ordering::AcqRel) >= self.limits.max_connections {
+        let (max, max_per_ip) = {
+            let l = self.limits.read().unwrap_or_else(|p| p.into_inner());
+            (l.max_connections, l.max_per_ip)
+        };
+        if m.open.fetch_add(1, Ordering::AcqRel) >= max {
             m.open.fetch_sub(1, Ordering::AcqRel);
             m.refused_total.fetch_add(1, Ordering::Relaxed);
             return Err("max_connections");
         }
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let n = per_ip.entry(ip).or_insert(0);
-        if *n as usize >= self.limits.max_per_ip {
+        if *n as usize >= max_per_ip {
             drop(per_ip);
             m.open.fetch_sub(1, Ordering::AcqRel);
             m.refused_per_ip.fetch_add(1, Ordering::Relaxed);
@@ -484,11 +513,12 @@ pub(super) fn take_bytes(
     data: &[u8],
     now: Instant,
     front: &FrontShared,
+    conn_limits: &ConnLimits,
     mut deliver: impl FnMut(&[u8]),
 ) -> Result<(), CloseReason> {
     let limits = Limits {
-        max_head: front.limits.max_head,
-        max_message: front.limits.max_message,
+        max_head: conn_limits.max_head,
+        max_message: conn_limits.max_message,
     };
     let mut partial = conn.partial.borrow_mut();
     match &conn.tls {
@@ -748,11 +778,17 @@ mod tests {
         let mut wire = b"\r\n\r\n".to_vec();
         wire.extend_from_slice(msg);
         wire.extend_from_slice(&msg[..10]);
-        take_bytes(&conn, &wire, now, &front, |m| got.push(m.to_vec())).unwrap();
+        take_bytes(&conn, &wire, now, &front, &front.limits(), |m| {
+            got.push(m.to_vec())
+        })
+        .unwrap();
         assert_eq!(got, vec![msg.to_vec()]);
         assert_eq!(&*conn.out.borrow(), b"\r\n", "CRLF pong");
         assert!(conn.partial_since.get().is_some());
-        take_bytes(&conn, &msg[10..], now, &front, |m| got.push(m.to_vec())).unwrap();
+        take_bytes(&conn, &msg[10..], now, &front, &front.limits(), |m| {
+            got.push(m.to_vec())
+        })
+        .unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[1], msg.to_vec());
         assert!(conn.partial_since.get().is_none());
@@ -770,13 +806,13 @@ mod tests {
         let conn = Conn::new(1, "127.0.0.1:5000".parse().unwrap(), None, now);
         let big = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 500\r\n\r\n";
         assert_eq!(
-            take_bytes(&conn, big, now, &front, |_| {}),
+            take_bytes(&conn, big, now, &front, &limits, |_| {}),
             Err(CloseReason::TooLarge)
         );
         let conn = Conn::new(2, "127.0.0.1:5000".parse().unwrap(), None, now);
         let no_cl = b"OPTIONS sip:a@b SIP/2.0\r\nVia: x\r\n\r\n";
         assert_eq!(
-            take_bytes(&conn, no_cl, now, &front, |_| {}),
+            take_bytes(&conn, no_cl, now, &front, &limits, |_| {}),
             Err(CloseReason::BadFraming)
         );
         let conn = Conn::new(3, "127.0.0.1:5000".parse().unwrap(), None, now);
@@ -785,6 +821,7 @@ mod tests {
             b"OPTIONS sip:a@b SIP/2.0\r\nVia",
             now,
             &front,
+            &limits,
             |_| {},
         )
         .unwrap();

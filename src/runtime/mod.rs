@@ -164,7 +164,7 @@ impl fmt::Debug for FrontSettings {
         f.debug_struct("FrontSettings")
             .field("tcp_port", &self.tcp_port)
             .field("tls_port", &self.tls_port)
-            .field("limits", &self.shared.limits)
+            .field("limits", &self.shared.limits())
             .field("tls", &self.shared.tls.is_some())
             .finish()
     }

@@ -397,6 +397,31 @@ impl Server {
         }
     }
 
+    /// SIGHUP with the configuration read again: the TLS certificate (as
+    /// [`Server::reload`]) and the connection limits (`[tcp]`, taken by
+    /// every shard within a second). What else changed needs a restart.
+    pub fn reload_with(&self, new: &Config) {
+        self.reload();
+        if let Some(front) = self.core.shards.front() {
+            let limits = new.tcp.limits.clone();
+            if front.limits() != limits {
+                tracing::info!(
+                    "SIGHUP: connection limits now: max_connections={} max_connections_per_ip={} \
+                     unregistered_timeout={:?} idle_timeout={:?} message_timeout={:?} \
+                     max_write_queue={} tls.handshake_timeout={:?}",
+                    limits.max_connections,
+                    limits.max_per_ip,
+                    limits.unregistered_timeout,
+                    limits.idle_timeout,
+                    limits.message_timeout,
+                    limits.max_write_queue,
+                    limits.tls_handshake_timeout,
+                );
+                front.set_limits(limits);
+            }
+        }
+    }
+
     /// The phones' TCP and TLS listeners, if on.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.core.shards.tcp_addr()

@@ -100,6 +100,7 @@ pub(super) async fn run(ctx: ShardCtx) {
             }
         }
     }
+    let (limits, limits_generation) = (front.limits(), front.limits_generation());
     let shell = Rc::new_cyclic(|me| Shell {
         me: me.clone(),
         id,
@@ -118,6 +119,8 @@ pub(super) async fn run(ctx: ShardCtx) {
         scratch: RefCell::new(vec![0u8; RECV_BUF]),
         gone: RefCell::new(Vec::new()),
         failing: RefCell::new(Default::default()),
+        limits: RefCell::new(limits),
+        limits_generation: Cell::new(limits_generation),
         log_budget: RefCell::new(LogBudget {
             second: Instant::now(),
             used: 0,
@@ -314,6 +317,10 @@ struct Shell {
     failing: RefCell<std::collections::HashSet<crate::AccountId>>,
     /// Per-account log lines (registration, auth failures) per second.
     log_budget: RefCell<LogBudget>,
+    /// This shard's copy of the front's limits (read per message without
+    /// a lock), and the generation it was taken at.
+    limits: RefCell<front::ConnLimits>,
+    limits_generation: Cell<u64>,
 }
 
 /// At most [`LogBudget::PER_SECOND`] per-account lines a second per shard;
@@ -363,7 +370,7 @@ impl Shell {
                 // A connection closed meanwhile: the owner hears of it from
                 // the close.
                 if let Some(c) = self.conns.borrow().get(&conn) {
-                    c.send(&data, &self.front.limits);
+                    c.send(&data, &self.limits.borrow());
                 }
                 return;
             }
@@ -412,7 +419,7 @@ impl Shell {
         if holder == self.id {
             return match self.conns.borrow().get(&id) {
                 Some(c) => {
-                    c.send(&payload, &self.front.limits);
+                    c.send(&payload, &self.limits.borrow());
                     true
                 }
                 None => false,
@@ -588,7 +595,8 @@ async fn conn_task(shell: Rc<Shell>, conn: Rc<Conn>, mut stream: TcpStream) {
                 let now = Instant::now();
                 let taken = {
                     let data = shell.scratch.borrow();
-                    front::take_bytes(&conn, &data[..n], now, &shell.front, |msg| {
+                    let limits = shell.limits.borrow();
+                    front::take_bytes(&conn, &data[..n], now, &shell.front, &limits, |msg| {
                         shell.dispatch(&conn, msg, now)
                     })
                 };
@@ -641,11 +649,18 @@ async fn sweep_loop(shell: Rc<Shell>) {
     loop {
         sleep(SWEEP_EVERY).await;
         let now = Instant::now();
+        // Limits changed by SIGHUP reach this shard here.
+        let generation = shell.front.limits_generation();
+        if generation != shell.limits_generation.get() {
+            shell.limits_generation.set(generation);
+            *shell.limits.borrow_mut() = shell.front.limits();
+        }
+        let limits = shell.limits.borrow();
         for c in shell.conns.borrow().values() {
-            if let Some(r) = c.overdue(now, &shell.front.limits) {
+            if let Some(r) = c.overdue(now, &limits) {
                 c.close(r);
             } else {
-                front::ping(c, now, &shell.front.limits);
+                front::ping(c, now, &limits);
             }
         }
     }
