@@ -629,3 +629,59 @@ fn tls_phone(port: u16, ca: &[u8]) -> Option<TlsPhone> {
         seq: 0,
     })
 }
+
+#[test]
+fn a_tls_phone_reconnecting_after_hundreds_of_others_resumes_its_session() {
+    let _g = serial();
+    let certs = std::env::temp_dir().join(format!("sipis-front-resume-{}", std::process::id()));
+    let (cert, key, ca) = make_certs(&certs);
+    let tls_port = ports::free_udp_port_run(1);
+    let _sipis = Serve::start(
+        "tls-resume",
+        2,
+        &format!(
+            "[tls]\nport = {tls_port}\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let client = |ca: &[u8]| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.to_vec().into()).unwrap();
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        )
+    };
+    // One connection: handshake, then a ping whose pong comes after the
+    // server's session tickets. Returns how the handshake went.
+    let session = |cfg: &Arc<rustls::ClientConfig>| {
+        let tcp = TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let conn =
+            rustls::ClientConnection::new(cfg.clone(), "127.0.0.1".try_into().unwrap()).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        s.write_all(b"\r\n\r\n").unwrap();
+        let mut pong = [0u8; 2];
+        s.read_exact(&mut pong).expect("the pong");
+        assert_eq!(&pong, b"\r\n");
+        s.conn.handshake_kind()
+    };
+    let phone = client(&ca);
+    assert_eq!(session(&phone), Some(rustls::HandshakeKind::Full));
+    // 300 other phones connect (more than a stateful cache of 256 holds).
+    for _ in 0..300 {
+        assert_eq!(session(&client(&ca)), Some(rustls::HandshakeKind::Full));
+    }
+    assert_eq!(
+        session(&phone),
+        Some(rustls::HandshakeKind::Resumed),
+        "the first phone resumes its session"
+    );
+    let _ = std::fs::remove_dir_all(&certs);
+}

@@ -69,12 +69,18 @@ pub(crate) fn load_server_config(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    builder.with_single_cert(chain, private).map_err(|e| {
+    let mut cfg = builder.with_single_cert(chain, private).map_err(|e| {
         err(
             key,
             format!("unusable key for certificate {}: {e}", cert.display()),
         )
-    })
+    })?;
+    // Stateless session tickets (TLS 1.2 and 1.3): a phone reconnecting
+    // after a wake or a network change resumes its session whatever the
+    // number of other phones (the default stateful cache holds 256).
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| err(cert, format!("TLS session tickets: {e}")))?;
+    Ok(cfg)
 }
 
 fn pem_problem(e: &pem::Error) -> String {
