@@ -6,8 +6,10 @@
 //!
 //! ```text
 //!  provider ──UDP──▶ shard i socket (sip_port+1+i)     phones ──UDP──▶ shared sip_port
+//!  (TCP/TLS: a connection per shard, opened by sipis)   phones ──TCP/TLS──▶ the front (every shard)
 //!                          │                                 │ (SO_REUSEPORT; runtime::Router
-//!                          │                                 │  forwards to the owner over the mesh)
+//!                          │                                 │  forwards to the owner over the mesh;
+//!                          │                                 │  answers go back by the same flow)
 //!                          ▼                                 ▼
 //!  runtime: one glommio executor per core ─ feeds bytes + now into ─┐
 //!                                                                   ▼
@@ -32,7 +34,8 @@
 //!   nothing that does I/O.
 //! - [`parser`] (`sipis-parser`) — the zero-copy SIP parser and writer.
 //! - [`runtime`] — glommio shards, their sockets and control channels, the
-//!   shared-port router, `serve`.
+//!   shared-port router, the TCP/TLS front (`runtime::front`), RFC 3263
+//!   resolution, `serve`.
 //! - [`store`] — durable state: SQLite and PostgreSQL backends behind one
 //!   trait, the store thread shards talk to, CSV import.
 //! - [`push`] — the unified push protocol (JSON to the mediator): the wire
