@@ -479,9 +479,11 @@ fn another_connection_opens_when_every_one_is_at_the_stream_limit() {
     // On one connection, 4 streams at a time: 4 rounds of 300 ms and more.
     assert!(took < Duration::from_millis(1100), "took {took:?}");
     assert_eq!(production.count(), n + 1);
+    // At least one more connection than the full one (4 when all 16 meet;
+    // fewer when the machine spreads their arrival: seen 3 under load).
     let conns = production.connections();
     assert!(
-        (4..=16).contains(&conns),
+        (2..=16).contains(&conns),
         "{conns} connections for 16 pushes at 4 streams each"
     );
     assert!(
