@@ -34,7 +34,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-pub const INSTALL_HINT: &str = "Kamailio is not installed: run `apt-get install kamailio` \
+pub const INSTALL_HINT: &str =
+    "Kamailio is not installed: run `apt-get install kamailio kamailio-tls-modules` \
      (or `bash .ci/run`, which installs every peer the end-to-end tests use)";
 
 /// The registrar of [`Kamailio::start`].
