@@ -19,7 +19,6 @@ mod serve;
 mod unbound;
 
 use kamailio::Kamailio;
-use serde_json::json;
 use serve::*;
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -85,37 +84,6 @@ fn zone(ttl: u32, srv: &[(u16, u16)]) -> String {
     z
 }
 
-fn wait_binding(kam: &mut Kamailio, user: &str, timeout: Duration) -> kamailio::Binding {
-    let end = Instant::now() + timeout;
-    loop {
-        let loc = kam.dump();
-        if let Some(b) = loc.get(&format!("{user}@kam.test")).and_then(|v| v.first()) {
-            return b.clone();
-        }
-        assert!(
-            Instant::now() < end,
-            "{user} never registered at Kamailio: {loc:?}\n{}",
-            kam.log_tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn add_account(sipis: &Serve, user: &str) {
-    let (status, v) = sipis.api(
-        "POST",
-        "/accounts",
-        Some(json!({
-            "aor": format!("sip:{user}@kam.test"),
-            "auth_user": user,
-            "password": format!("pw-{user}"),
-            "registrar": "sip:prov.example",
-            "expires": 600,
-        })),
-    );
-    assert_eq!(status, 201, "{v}");
-}
-
 #[test]
 fn sipis_fails_over_from_a_dead_srv_target_to_the_live_registrar() {
     let mut kam = Kamailio::start();
@@ -133,8 +101,8 @@ fn sipis_fails_over_from_a_dead_srv_target_to_the_live_registrar() {
             dns.addr
         ),
     );
-    add_account(&sipis, "dnsalice");
-    let b = wait_binding(&mut kam, "dnsalice", Duration::from_secs(30));
+    sipis.add_upstream_account("dnsalice", "sip:prov.example", 600);
+    let b = kam.wait_binding("dnsalice", Duration::from_secs(30));
     assert!(
         b.address.ends_with(&format!("@{}", sipis.shard_addr(0))),
         "{}",
@@ -164,7 +132,7 @@ fn a_changed_zone_is_looked_up_again_after_its_ttl_and_the_account_follows() {
             dns.addr
         ),
     );
-    add_account(&sipis, "dnsbob");
+    sipis.add_upstream_account("dnsbob", "sip:prov.example", 600);
     let end = Instant::now() + Duration::from_secs(10);
     while dead.seen() == 0 {
         assert!(Instant::now() < end, "no REGISTER reached the only target");
@@ -174,7 +142,7 @@ fn a_changed_zone_is_looked_up_again_after_its_ttl_and_the_account_follows() {
     // The operator points the SRV record at the live registrar.
     dns.replace_zone(&zone(2, &[(10, kam.port())]));
     let changed = Instant::now();
-    wait_binding(&mut kam, "dnsbob", Duration::from_secs(30));
+    kam.wait_binding("dnsbob", Duration::from_secs(30));
     eprintln!(
         "registered at the new target {:?} after the zone changed",
         changed.elapsed()

@@ -13,6 +13,8 @@
 //!   cap, a message that never completes (slowloris), an oversize message,
 //!   a connection that never registers; each counted in `/metrics`.
 
+#[path = "support/certs.rs"]
+mod certs;
 #[path = "support/http1.rs"]
 mod http1;
 #[path = "support/ports.rs"]
@@ -464,28 +466,12 @@ fn each_connection_limit_holds_while_other_clients_are_served() {
     );
 }
 
-/// A CA and a server certificate for 127.0.0.1, as PEM files in `dir`.
-fn make_certs(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    let (c, k) = (dir.join("sip.crt"), dir.join("sip.key"));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c, k, ca_cert.der().to_vec())
-}
-
 #[test]
 fn a_phone_over_tls_registers_and_gets_its_call_over_its_connection() {
     let _g = serial();
     let certs = std::env::temp_dir().join(format!("sipis-front-tls-{}", std::process::id()));
-    let (cert, key, ca) = make_certs(&certs);
+    let c = certs::make_certs(&certs);
+    let (cert, key, ca) = (c.cert, c.key, c.ca_der);
     let tls_port = ports::free_udp_port_run(1);
     let sipis = Serve::start(
         "tls-call",
@@ -535,7 +521,7 @@ fn a_phone_over_tls_registers_and_gets_its_call_over_its_connection() {
 
     // SIGHUP: a new certificate (from another CA) for new connections; the
     // established one goes on.
-    let (_, _, ca2) = make_certs(&certs);
+    let ca2 = certs::make_certs(&certs).ca_der;
     // SAFETY: signalling the child sipis.
     unsafe { libc::kill(sipis.pid() as libc::pid_t, libc::SIGHUP) };
     let end = Instant::now() + Duration::from_secs(5);
@@ -634,7 +620,8 @@ fn tls_phone(port: u16, ca: &[u8]) -> Option<TlsPhone> {
 fn a_tls_phone_reconnecting_after_hundreds_of_others_resumes_its_session() {
     let _g = serial();
     let certs = std::env::temp_dir().join(format!("sipis-front-resume-{}", std::process::id()));
-    let (cert, key, ca) = make_certs(&certs);
+    let c = certs::make_certs(&certs);
+    let (cert, key, ca) = (c.cert, c.key, c.ca_der);
     let tls_port = ports::free_udp_port_run(1);
     let _sipis = Serve::start(
         "tls-resume",

@@ -33,6 +33,9 @@
 #[allow(unused_imports)]
 #[path = "support/calls.rs"]
 mod calls;
+#[path = "support/certs.rs"]
+mod certs;
+use certs::make_certs;
 #[path = "support/http1.rs"]
 mod http1;
 #[path = "support/kamailio.rs"]
@@ -518,40 +521,6 @@ impl ProviderCall {
             self.call_id,
         )
     }
-}
-
-/// A CA, and a certificate for 127.0.0.1 it signed, as PEM files.
-struct Certs {
-    cert: PathBuf,
-    key: PathBuf,
-    ca: PathBuf,
-}
-
-fn make_certs(dir: &Path) -> Certs {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    // Distinct subjects: OpenSSL (stunnel) takes a leaf whose issuer is its
-    // own subject for a self-signed certificate and rejects it.
-    ca.distinguished_name
-        .push(DnType::CommonName, "sipis test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    // An IP address SAN: stunnel's checkIP matches it.
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "sipis");
-    let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    let certs = Certs {
-        cert: dir.join("sip.crt"),
-        key: dir.join("sip.key"),
-        ca: dir.join("ca.pem"),
-    };
-    std::fs::write(&certs.cert, cert.pem()).unwrap();
-    std::fs::write(&certs.key, key.serialize_pem()).unwrap();
-    std::fs::write(&certs.ca, ca_cert.pem()).unwrap();
-    certs
 }
 
 /// stunnel in client mode, one service per `(name, TLS server, CA)`, each

@@ -17,7 +17,6 @@ mod ports;
 mod serve;
 
 use kamailio::{Kamailio, REGISTRAR_CONFIG};
-use serde_json::json;
 use serve::*;
 use std::time::{Duration, Instant};
 
@@ -63,19 +62,7 @@ fn every_account_is_registered_again_soon_after_the_registrar_returns_empty() {
     );
     let registrar = format!("sip:127.0.0.1:{port}");
     for i in 0..ACCOUNTS {
-        let user = format!("rr{i:04}");
-        let (status, v) = sipis.api(
-            "POST",
-            "/accounts",
-            Some(json!({
-                "aor": format!("sip:{user}@kam.test"),
-                "auth_user": user,
-                "password": format!("pw-{user}"),
-                "registrar": registrar,
-                "expires": 3600,
-            })),
-        );
-        assert_eq!(status, 201, "{v}");
+        sipis.add_upstream_account(&format!("rr{i:04}"), &registrar, 3600);
     }
     let took = wait_bound(&mut kam, ACCOUNTS, Duration::from_secs(30));
     eprintln!("{ACCOUNTS} accounts bound at Kamailio in {took:?}");
@@ -150,19 +137,7 @@ fn sigterm_with_unregister_on_shutdown_removes_every_binding_before_exit() {
     );
     let registrar = format!("sip:127.0.0.1:{}", kam.port());
     for i in 0..ACCOUNTS {
-        let user = format!("rr{i:04}");
-        let (status, v) = sipis.api(
-            "POST",
-            "/accounts",
-            Some(json!({
-                "aor": format!("sip:{user}@kam.test"),
-                "auth_user": user,
-                "password": format!("pw-{user}"),
-                "registrar": registrar,
-                "expires": 3600,
-            })),
-        );
-        assert_eq!(status, 201, "{v}");
+        sipis.add_upstream_account(&format!("rr{i:04}"), &registrar, 3600);
     }
     wait_bound(&mut kam, ACCOUNTS, Duration::from_secs(30));
     // Every account's state reached sipis's counters (and so its shards).

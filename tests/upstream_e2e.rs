@@ -7,6 +7,8 @@
 //! INVITE through Kamailio reaches sipis without sipis accepting any
 //! connection, and sipis's answer comes back to the caller.
 
+#[path = "support/certs.rs"]
+mod certs;
 #[path = "support/http1.rs"]
 mod http1;
 #[path = "support/kamailio.rs"]
@@ -17,53 +19,19 @@ mod ports;
 mod serve;
 
 use kamailio::Kamailio;
-use serde_json::json;
 use serve::*;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 const PROVIDER_STREAM: &str = include_str!("support/kamailio/provider_stream.cfg");
 
-/// A CA and a certificate for 127.0.0.1 (PEM files in `dir`); the CA's
-/// PEM path.
-fn make_certs(dir: &std::path::Path) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    let (c, k, a) = (dir.join("kam.crt"), dir.join("kam.key"), dir.join("ca.pem"));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    std::fs::write(&a, ca_cert.pem()).unwrap();
-    let s = |p: std::path::PathBuf| p.display().to_string();
-    (s(c), s(k), s(a))
+fn path(p: &std::path::Path) -> String {
+    p.display().to_string()
 }
 
 /// A free TCP port below the ephemeral range (see `ports.rs`).
 fn free_tcp_port() -> u16 {
     ports::free_udp_port_run(1)
-}
-
-/// Waits for `user`@kam.test to have a binding at Kamailio; returns it.
-fn wait_binding(kam: &mut Kamailio, user: &str, timeout: Duration) -> kamailio::Binding {
-    let end = Instant::now() + timeout;
-    loop {
-        let loc = kam.dump();
-        if let Some(b) = loc.get(&format!("{user}@kam.test")).and_then(|v| v.first()) {
-            return b.clone();
-        }
-        assert!(
-            Instant::now() < end,
-            "{user} never registered at Kamailio: {loc:?}\n{}",
-            kam.log_tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A caller's INVITE for `user`@kam.test through Kamailio; the final
@@ -89,7 +57,8 @@ fn call_through(kam: &Kamailio, user: &str) -> String {
 #[test]
 fn sipis_registers_over_tcp_and_tls_and_calls_come_back_over_its_connections() {
     let certs = std::env::temp_dir().join(format!("sipis-upstream-{}", std::process::id()));
-    let (cert, key, ca) = make_certs(&certs);
+    let c = certs::make_certs(&certs);
+    let (cert, key, ca) = (path(&c.cert), path(&c.key), path(&c.ca));
     let (tcp, tls) = (free_tcp_port(), free_tcp_port());
     let mut kam = Kamailio::start_config(
         "provider_stream.cfg",
@@ -116,21 +85,10 @@ fn sipis_registers_over_tcp_and_tls_and_calls_come_back_over_its_connections() {
         ),
     ];
     for (user, registrar, _) in &accounts {
-        let (status, v) = sipis.api(
-            "POST",
-            "/accounts",
-            Some(json!({
-                "aor": format!("sip:{user}@kam.test"),
-                "auth_user": user,
-                "password": format!("pw-{user}"),
-                "registrar": registrar,
-                "expires": 600,
-            })),
-        );
-        assert_eq!(status, 201, "{v}");
+        sipis.add_upstream_account(user, registrar, 600);
     }
     for (user, _, transport) in &accounts {
-        let b = wait_binding(&mut kam, user, Duration::from_secs(10));
+        let b = kam.wait_binding(user, Duration::from_secs(10));
         assert!(
             b.address.ends_with(&format!(
                 "@127.0.0.1:{};transport={transport}",
@@ -182,7 +140,8 @@ fn sipis_registers_over_tcp_and_tls_and_calls_come_back_over_its_connections() {
 #[test]
 fn a_broken_connection_is_opened_again_and_its_accounts_registered_again() {
     let certs = std::env::temp_dir().join(format!("sipis-upstream-re-{}", std::process::id()));
-    let (cert, key, _) = make_certs(&certs);
+    let c = certs::make_certs(&certs);
+    let (cert, key) = (path(&c.cert), path(&c.key));
     let (tcp, tls) = (free_tcp_port(), free_tcp_port());
     let vars = [
         ("@TCP_PORT@", tcp.to_string()),
@@ -197,22 +156,12 @@ fn a_broken_connection_is_opened_again_and_its_accounts_registered_again() {
         "[sip]\nretry_base = \"1s\"\nretry_max = \"2s\"\n",
     );
     let users = ["redave", "reerin", "refrank", "regina"];
+    let registrar = format!("sip:127.0.0.1:{tcp};transport=tcp");
     for user in users {
-        let (status, v) = sipis.api(
-            "POST",
-            "/accounts",
-            Some(json!({
-                "aor": format!("sip:{user}@kam.test"),
-                "auth_user": user,
-                "password": format!("pw-{user}"),
-                "registrar": format!("sip:127.0.0.1:{tcp};transport=tcp"),
-                "expires": 3600,
-            })),
-        );
-        assert_eq!(status, 201, "{v}");
+        sipis.add_upstream_account(user, &registrar, 3600);
     }
     for user in users {
-        wait_binding(&mut kam, user, Duration::from_secs(10));
+        kam.wait_binding(user, Duration::from_secs(10));
     }
     // The provider restarts and forgets every binding (in-memory usrloc);
     // sipis's connections break.
@@ -221,7 +170,7 @@ fn a_broken_connection_is_opened_again_and_its_accounts_registered_again() {
     let mut kam = Kamailio::start_config("provider_stream.cfg", PROVIDER_STREAM, &vars);
     let started = Instant::now();
     for user in users {
-        wait_binding(&mut kam, user, Duration::from_secs(15));
+        kam.wait_binding(user, Duration::from_secs(15));
     }
     eprintln!(
         "all {} accounts registered again {:?} after the restart",

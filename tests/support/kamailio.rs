@@ -210,6 +210,24 @@ impl Kamailio {
         self.port
     }
 
+    /// Waits (up to `timeout`) for `user@kam.test` to have a binding in
+    /// `ul.dump`; returns its first.
+    pub fn wait_binding(&mut self, user: &str, timeout: Duration) -> Binding {
+        let end = Instant::now() + timeout;
+        loop {
+            let loc = self.dump();
+            if let Some(b) = loc.get(&format!("{user}@kam.test")).and_then(|v| v.first()) {
+                return b.clone();
+            }
+            assert!(
+                Instant::now() < end,
+                "{user} never registered at Kamailio: {loc:?}\n{}",
+                self.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

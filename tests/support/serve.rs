@@ -245,6 +245,24 @@ phone_realm = "{REALM}"
         }
     }
 
+    /// `POST /accounts`: `sip:<user>@kam.test` registering at `registrar`
+    /// with the test Kamailio's credentials (user X's password is `pw-X`,
+    /// tests/support/kamailio/registrar.cfg).
+    pub fn add_upstream_account(&self, user: &str, registrar: &str, expires: u32) {
+        let (status, v) = self.api(
+            "POST",
+            "/accounts",
+            Some(json!({
+                "aor": format!("sip:{user}@kam.test"),
+                "auth_user": user,
+                "password": format!("pw-{user}"),
+                "registrar": registrar,
+                "expires": expires,
+            })),
+        );
+        assert_eq!(status, 201, "POST /accounts ({user}): {v}");
+    }
+
     /// `GET /metrics` as text.
     pub fn metrics(&self) -> String {
         let mut c = Http1::connect(self.admin);
