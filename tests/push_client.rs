@@ -923,7 +923,12 @@ fn in_process_client_calls_the_mediator_and_refuses_past_max_in_flight() {
             .all(|l| l.ends_with(" 0")),
         "the mediator's HTTP front saw requests:\n{m}"
     );
-    // Answered: room again.
+    // Answered: room again. The slot is freed just after the outcome is
+    // handed out (src/push/client.rs `Pending::end`): wait for it, briefly.
+    let end = Instant::now() + Duration::from_secs(1);
+    while c.stats().in_flight > 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let st = c.stats();
     assert_eq!((st.in_flight, st.sent), (0, 2));
     c.submit(incoming_call("00000000000000f4")).unwrap();
